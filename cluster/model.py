@@ -1,0 +1,135 @@
+"""Records of the farm, as stored in Redis (JSON, never pickle) and passed between roles.
+
+A *candidate* is one proposed commit of the target repository: a change of the editable file
+on top of a main-line commit (its *base*). A *job* is one measurement of one candidate's commit
+by one worker (the baseline and confirmations are measured several times). A *result* is what a
+worker reports for one attempt of a job.
+
+Candidate life cycle (every transition is atomic in the store)::
+
+    proposed -> queued -> running -> finished -> merged | discarded
+                  ^          |           |
+                  |          +-(lost)----+-> queued (new attempt, or a confirmation run)
+                  +-- rebased onto a new main line (stale on conflict)
+    any pending state -> stale (rebase conflict) ; running -> failed (poison: too many lost attempts)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class State(str, Enum):
+    PROPOSED = "proposed"  # branch written, not yet in the queue
+    QUEUED = "queued"  # waiting for a worker (a measurement or a confirmation)
+    RUNNING = "running"  # leased to a worker
+    FINISHED = "finished"  # measured, waiting for the judge
+    MERGED = "merged"  # its commit is on the main line
+    DISCARDED = "discarded"  # judged: no real improvement (or crashed)
+    STALE = "stale"  # could not be rebased onto the new main line
+    FAILED = "failed"  # the infrastructure lost it too many times (poison candidate)
+    INVALID = "invalid"  # the patch was refused before any GPU time was spent
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({State.MERGED, State.DISCARDED, State.STALE, State.FAILED, State.INVALID})
+
+
+class RunStatus(str, Enum):
+    """Outcome of one training run, as the worker saw it."""
+
+    OK = "ok"  # exited 0 and printed a finite val_bpb in its summary block
+    CRASH = "crash"  # non-zero exit (the log tail is kept)
+    TIMEOUT = "timeout"  # killed at the wall-clock deadline
+    NO_METRIC = "no-metric"  # exited 0 without a usable summary block
+    CHEAT = "cheat"  # caught faking its metric or touching what it must not
+
+
+class Purpose(str, Enum):
+    BASELINE = "baseline"  # the main line measured again, for the noise floor
+    MEASURE = "measure"  # a candidate's first measurement
+    CONFIRM = "confirm"  # a re-run of an apparent winner before it merges
+
+
+class _Record:
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)  # type: ignore[call-overload]
+        for k, v in d.items():
+            if isinstance(v, Enum):
+                d[k] = v.value
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_json(cls, s: str | bytes):
+        return cls.from_dict(json.loads(s))
+
+
+@dataclass
+class Candidate(_Record):
+    id: str  # "c0001"; the baseline is "c0000"
+    commit: str  # sha of the tree to measure
+    base: str  # main-line sha this commit sits on
+    branch: str  # e.g. "candidates/<tag>/c0001"
+    description: str
+    origin: str  # baseline | mutate | llm | agent | human | combine | rebase
+    state: str = State.PROPOSED.value
+    parent: str | None = None  # candidate it was derived from (rebase, combination, repair)
+    lines_added: int = 0
+    lines_removed: int = 0
+    created_at: float = 0.0
+    decision: dict[str, Any] | None = None  # the judge's last decision, with reason and numbers
+    meta: dict[str, Any] = field(default_factory=dict)  # proposer-specific (mutation, tokens, ...)
+
+
+@dataclass
+class Job(_Record):
+    id: str  # "j000123"
+    cand: str
+    commit: str
+    purpose: str = Purpose.MEASURE.value
+    containment: str = ""  # sandbox layers the run was under, e.g. "cgroup,netns"
+    attempt: int = 0  # bumped on every dispatch; results are fenced by it
+    lost: int = 0  # attempts lost with their worker (poison detection)
+    worker: str | None = None
+    lease_deadline: float | None = None
+
+
+@dataclass
+class Result(_Record):
+    job: str
+    cand: str
+    commit: str
+    attempt: int
+    status: str  # a RunStatus value
+    val_bpb: float | None = None
+    peak_vram_mb: float | None = None
+    training_seconds: float | None = None
+    total_seconds: float | None = None  # as the run reported it
+    wall_seconds: float = 0.0  # as the worker measured it
+    exit_code: int | None = None
+    worker: str = ""
+    node: str = ""
+    accelerator: str = "cpu"  # e.g. "NVIDIA H100 80GB HBM3"; the judge compares like with like
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    summary: dict[str, Any] = field(default_factory=dict)  # every key of the summary block
+    log_path: str = ""
+    log_tail: str = ""
+    reason: str = ""  # why a non-ok status was given
+    purpose: str = Purpose.MEASURE.value
+    containment: str = ""  # sandbox layers the run was under, e.g. "cgroup,netns"

@@ -1,0 +1,21 @@
+"""Proposers: policies that turn the run's history into candidate patches of train.py.
+
+A proposer suggests and never executes (`propose(n, history) -> [Proposal]`); the controller
+validates, commits and queues what it suggests. `make_proposer` builds one by its config name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+KINDS = ("mutate",)
+
+
+def make_proposer(kind: str, settings: dict[str, Any]):
+    if kind == "mutate":
+        from .mutate import MutateProposer
+
+        return MutateProposer(seed=settings.get("seed", 0), profile=settings.get("profile", "gpu"),
+                              exclude=tuple(settings.get("exclude", ("SEED",))),
+                              two_change_prob=settings.get("two_change_prob", 0.2))
+    raise ValueError(f"unknown proposer kind {kind!r}; known: {', '.join(KINDS)}")

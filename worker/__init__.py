@@ -1,0 +1,1 @@
+"""Workers: run one candidate's training at a time, in a private directory, and report the result."""
