@@ -1,0 +1,534 @@
+"""The farm's view of the target git repository: main lines, candidate commits, rebases.
+
+The user's checkout is never touched. Every write goes through git plumbing run by GitPython
+(``repo.git``): blobs with ``hash-object -w``, trees through a *temporary* index named by
+``GIT_INDEX_FILE`` (``read-tree`` / ``update-index`` / ``write-tree``), commits with
+``commit-tree``, branches with ``update-ref`` (compare-and-swap against the old value), merges
+with ``merge-file`` on temp files, patches with ``apply --cached`` against a temp index. Nothing
+checks out, resets, stashes or writes the real index, so a user can keep editing (and staging)
+``train.py`` while a run of the farm goes on in the same repository. Commits are made as
+"autoresearch-farm" <farm@localhost> via environment variables; no git config is read or written
+for that.
+
+Branch names (built only by :func:`main_branch` and :func:`candidate_branch`):
+
+* ``autoresearch/<tag>``: the main line of run ``<tag>``; it starts at the repository's current
+  commit and only ever fast-forwards to a winning candidate.
+* ``candidates/<tag>/<id>`` (e.g. ``candidates/nov25/c0007``): one candidate, a single commit on
+  top of a main-line commit that changes only the editable file.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import git
+
+from .errors import PatchError, RepoError
+
+log = logging.getLogger(__name__)
+
+MAIN_PREFIX = "autoresearch"
+CANDIDATE_PREFIX = "candidates"
+DEFAULT_TREE_CAP = 64 * 1024 * 1024
+FARM_IDENTITY = {
+    "GIT_AUTHOR_NAME": "autoresearch-farm",
+    "GIT_AUTHOR_EMAIL": "farm@localhost",
+    "GIT_COMMITTER_NAME": "autoresearch-farm",
+    "GIT_COMMITTER_EMAIL": "farm@localhost",
+}
+REGULAR_MODES = ("100644", "100755")
+SYMLINK_MODE = "120000"
+_TRAILER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*: ")
+_NUMSTAT = re.compile(r"^(\d+|-)\t(\d+|-)\t(.*)$")
+
+
+def main_branch(tag: str) -> str:
+    """Branch name of run ``tag``'s main line."""
+    return f"{MAIN_PREFIX}/{tag}"
+
+
+def candidate_branch(tag: str, cid: str) -> str:
+    """Branch name of candidate ``cid`` of run ``tag``."""
+    return f"{CANDIDATE_PREFIX}/{tag}/{cid}"
+
+
+@dataclass(frozen=True)
+class CandidateCommit:
+    sha: str
+    lines_added: int
+    lines_removed: int
+    diff: str  # unified diff of the editable file against the base
+    base: str = ""
+    branch: str = ""
+
+
+class RebaseStatus(str, Enum):
+    CONFLICT = "conflict"  # the change no longer merges: the caller marks the candidate stale
+    ALREADY_IN = "already-in"  # the new base already has the change: nothing left to measure
+    REBASED = "rebased"  # a new commit on the new base; the candidate's branch was moved to it
+
+
+@dataclass(frozen=True)
+class RebaseOutcome:
+    status: RebaseStatus
+    commit: CandidateCommit | None = None  # set only when REBASED
+
+
+class FarmRepo:
+    """Plumbing-only access to the target repository (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike[str], editable: str = "train.py",
+                 frozen: tuple[str, ...] = ("prepare.py",)) -> None:
+        try:
+            self._repo = git.Repo(path)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            raise RepoError(f"{path} is not a git repository: pass the root of the repository that "
+                            f"holds {editable} (or run `git init` there and commit it)") from None
+        self.path = Path(self._repo.working_tree_dir or self._repo.git_dir)
+        self.editable = editable
+        self.frozen = tuple(frozen)
+        if editable in self.frozen:
+            raise RepoError(f"{editable} cannot be both the editable file and frozen")
+        status, head, err = self._run("rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+        if status:
+            raise RepoError(err.strip() or f"{self.path} has no commits yet: commit {editable} "
+                            f"(and {', '.join(self.frozen) or 'the rest'}) first")
+        self._require_editable(head.strip())
+
+    def close(self) -> None:
+        self._repo.close()
+
+    def __enter__(self) -> FarmRepo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- low level -------------------------------------------------------------------------
+    def _run(self, cmd: str, *args: str, env: dict[str, str] | None = None,
+             raw: bool = False) -> tuple[int, str | bytes, str]:
+        """Run ``git <cmd> <args>``; return (status, stdout, stderr), never raise."""
+        status, out, err = getattr(self._repo.git, cmd.replace("-", "_"))(
+            *args, env=env, with_extended_output=True, with_exceptions=False,
+            stdout_as_string=not raw, strip_newline_in_stdout=not raw)
+        if isinstance(err, bytes):
+            err = err.decode("utf-8", "replace")
+        return status, out, err
+
+    def _git(self, cmd: str, *args: str, env: dict[str, str] | None = None) -> str:
+        status, out, err = self._run(cmd, *args, env=env)
+        if status:
+            raise RepoError(f"git {cmd} failed in {self.path}: {err.strip() or f'exit {status}'}")
+        assert isinstance(out, str)
+        return out
+
+    def _entry(self, treeish: str, path: str) -> tuple[str, str, str] | None:
+        """(mode, type, sha) of ``path`` in ``treeish``, or None."""
+        out = self._git("ls-tree", "-z", "--full-tree", treeish, "--", path)
+        for item in out.split("\0"):
+            meta, _, name = item.partition("\t")
+            if name == path:
+                mode, kind, sha = meta.split()
+                return mode, kind, sha
+        return None
+
+    def _require_editable(self, commit: str) -> tuple[str, str]:
+        entry = self._entry(commit, self.editable)
+        if entry is None:
+            raise RepoError(f"{self.editable} is not in commit {commit[:12]} of {self.path}; "
+                            f"commit it first (or pass the right editable file)")
+        mode, kind, sha = entry
+        if kind != "blob" or mode not in REGULAR_MODES:
+            raise RepoError(f"{self.editable} in commit {commit[:12]} is not a regular file (mode {mode})")
+        return mode, sha
+
+    def _blob(self, sha: str) -> bytes:
+        return self._repo.git.get_object_data(sha)[3]
+
+    def _checked_out(self) -> dict[str, str]:
+        """Branch ref -> worktree path, for every worktree's checked-out branch."""
+        result, where = {}, ""
+        for line in self._git("worktree", "list", "--porcelain").splitlines():
+            if line.startswith("worktree "):
+                where = line[len("worktree "):]
+            elif line.startswith("branch "):
+                result[line[len("branch "):]] = where
+        return result
+
+    def _update_ref(self, ref: str, new: str, old: str | None, reason: str) -> tuple[int, str]:
+        """``update-ref``; ``old`` '' = must not exist, None = unconditional. (status, stderr)."""
+        where = self._checked_out().get(ref)
+        if where is not None:
+            raise RepoError(f"branch {ref.removeprefix('refs/heads/')} is checked out in {where}; "
+                            f"the farm never moves a checked-out branch: switch to another branch")
+        args = ["-m", f"autoresearch-farm: {reason}", ref, new] + ([] if old is None else [old])
+        status, _, err = self._run("update-ref", *args)
+        return status, err.strip()
+
+    def _check_ref(self, ref: str, what: str) -> None:
+        status, _, _ = self._run("check-ref-format", ref)
+        if status:
+            raise RepoError(f"{what} is not a valid git branch name ({ref!r}); use letters, digits, "
+                            f"'-', '_' and '.', without spaces, '..', '~', '^', ':', '?', '*' or '['")
+
+    def _tree_with(self, base: str, blob: str, mode: str) -> str:
+        """Tree of ``base`` with the editable file replaced by ``blob``, via a temporary index."""
+        with tempfile.TemporaryDirectory(prefix="farm-index-") as d:
+            env = {"GIT_INDEX_FILE": os.path.join(d, "index")}
+            self._git("read-tree", base, env=env)
+            self._git("update-index", "--add", "--cacheinfo", f"{mode},{blob},{self.editable}", env=env)
+            return self._git("write-tree", env=env).strip()
+
+    def _commit(self, base: str, content: bytes, message: str, branch: str,
+                force: bool) -> CandidateCommit:
+        ref = f"refs/heads/{branch}"
+        self._check_ref(ref, f"branch {branch!r}")
+        mode, _ = self._require_editable(base)
+        with tempfile.TemporaryDirectory(prefix="farm-commit-") as d:
+            blob_file, msg_file = Path(d, "blob"), Path(d, "message")
+            blob_file.write_bytes(content)
+            msg_file.write_text(message if message.endswith("\n") else message + "\n", "utf-8")
+            blob = self._git("hash-object", "-w", "--no-filters", str(blob_file)).strip()
+            tree = self._tree_with(base, blob, mode)
+            sha = self._git("commit-tree", "--no-gpg-sign", tree, "-p", base, "-F", str(msg_file),
+                            env=FARM_IDENTITY).strip()
+        status, err = self._update_ref(ref, sha, None if force else "", f"candidate {branch}")
+        if status:
+            if not force and self._run("rev-parse", "--verify", "--quiet", ref)[0] == 0:
+                raise RepoError(f"branch {branch} already exists; refusing to overwrite it")
+            raise RepoError(f"could not write branch {branch}: {err}")
+        diff = self.diff(base, sha)
+        added, removed = _count(diff)
+        log.debug("committed %s on %s as %s (+%d -%d)", branch, base[:12], sha[:12], added, removed)
+        return CandidateCommit(sha, added, removed, diff, base, branch)
+
+    # -- public API ------------------------------------------------------------------------
+    def resolve(self, rev: str) -> str:
+        """Full sha of the commit ``rev`` names."""
+        if not rev or rev.startswith("-"):
+            raise RepoError(f"invalid revision {rev!r}")
+        status, out, _ = self._run("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+        if status:
+            raise RepoError(f"unknown revision {rev!r} in {self.path}")
+        assert isinstance(out, str)
+        return out.strip()
+
+    def start_main_line(self, tag: str, start: str = "HEAD", *, resume: bool = False) -> str:
+        """Create ``autoresearch/<tag>`` at ``start`` (or with ``resume``, return where it is)."""
+        ref = f"refs/heads/{main_branch(tag)}"
+        if not tag or "/" in tag:
+            raise RepoError(f"run tag {tag!r} must be a single name without '/' (e.g. nov25)")
+        self._check_ref(ref, f"run tag {tag!r}")
+        status, out, _ = self._run("rev-parse", "--verify", "--quiet", ref)
+        if status == 0:
+            if resume:
+                return str(out).strip()
+            raise RepoError(f"run tag {tag} already exists (branch {main_branch(tag)}); "
+                            f"pass --resume to continue it or choose another --tag")
+        sha = self.resolve(start)
+        self._require_editable(sha)
+        status, err = self._update_ref(ref, sha, "", f"start run {tag}")
+        if status:
+            if resume and self._run("rev-parse", "--verify", "--quiet", ref)[0] == 0:
+                return self.main_line(tag)  # created concurrently
+            raise RepoError(f"could not create branch {main_branch(tag)}: {err}")
+        log.info("run %s starts at %s (branch %s)", tag, sha[:12], main_branch(tag))
+        return sha
+
+    def main_line(self, tag: str) -> str:
+        """Current sha of run ``tag``'s main line."""
+        status, out, _ = self._run("rev-parse", "--verify", "--quiet",
+                                   f"refs/heads/{main_branch(tag)}^{{commit}}")
+        if status:
+            raise RepoError(f"no run with tag {tag} (branch {main_branch(tag)} does not exist)")
+        return str(out).strip()
+
+    def read_file(self, commit: str, path: str) -> str:
+        """Text of ``path`` at ``commit`` (a commit or tree)."""
+        entry = self._entry(commit, path)
+        if entry is None or entry[1] != "blob":
+            raise RepoError(f"{path} is not a file in {commit[:12]}")
+        try:
+            return self._blob(entry[2]).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RepoError(f"{path} at {commit[:12]} is not UTF-8 text: {e}") from None
+
+    def commit_candidate(self, base: str, new_source: str, branch: str, message: str, *,
+                         force: bool = False) -> CandidateCommit:
+        """Commit ``new_source`` as the editable file on top of ``base`` and point ``branch`` at it."""
+        base = self.resolve(base)
+        if new_source == self.read_file(base, self.editable):
+            raise PatchError(f"the proposed {self.editable} is identical to the base {base[:12]}")
+        return self._commit(base, new_source.encode("utf-8"), message, branch, force)
+
+    def apply_diff(self, base: str, diff_text: str) -> str:
+        """New text of the editable file after applying a unified diff to ``base``."""
+        base = self.resolve(base)
+        lines = [ln for ln in diff_text.splitlines() if not ln.startswith("```")]
+        if not any(ln.startswith(("--- ", "diff --git ")) for ln in lines):  # bare hunks
+            lines = [f"--- a/{self.editable}", f"+++ b/{self.editable}"] + lines
+        text = "\n".join(lines) + "\n"
+        with tempfile.TemporaryDirectory(prefix="farm-apply-") as d:
+            patch = Path(d, "patch.diff")
+            patch.write_text(text, "utf-8")
+            strip = self._patch_strip(str(patch), text)
+            env = {"GIT_INDEX_FILE": os.path.join(d, "index")}
+            self._git("read-tree", base, env=env)
+            first_err = ""
+            # strict; then whitespace runs changed inside context lines; then trailing
+            # whitespace on either side (that last one strips it from the hunk's lines)
+            for extra in (["--whitespace=nowarn"], ["--whitespace=nowarn", "--ignore-whitespace"],
+                          ["--whitespace=fix"]):
+                status, _, err = self._run("apply", "--cached", "--recount", f"-p{strip}",
+                                           *extra, str(patch), env=env)
+                if status == 0:
+                    break
+                first_err = first_err or err.strip()
+            else:
+                raise PatchError(f"the diff does not apply to {self.editable} at {base[:12]}: {first_err}")
+            tree = self._git("write-tree", env=env).strip()
+        reason = self.check_change(base, tree)
+        if reason:
+            raise PatchError(f"the diff is refused: {reason}")
+        new = self.read_file(tree, self.editable)
+        if new == self.read_file(base, self.editable):
+            raise PatchError(f"the diff does not change {self.editable}")
+        return new
+
+    def _patch_strip(self, patch: str, text: str) -> int:
+        """The -p level whose paths are exactly the editable file; PatchError otherwise."""
+        # File headers first, by hand: with --recount, git would read a "--- a/other.py" that
+        # follows a hunk as one of its removed lines.
+        lines, heads = text.splitlines(), []
+        for i, ln in enumerate(lines[:-2]):
+            if ln.startswith("--- ") and lines[i + 1].startswith("+++ ") and lines[i + 2].startswith("@@"):
+                heads += [h.split("\t")[0][4:].strip().strip('"') for h in lines[i:i + 2]]
+        heads = [h for h in heads if h != "/dev/null"]
+        allowed = {self.editable, "a/" + self.editable, "b/" + self.editable}
+        found = [h[2:] if h.startswith(("a/", "b/")) else h for h in heads if h not in allowed]
+        if found:
+            raise PatchError(self._touches(found))
+        prefixed = any(ln.startswith("diff --git a/") for ln in lines)
+        order = [1, 0] if prefixed or (heads and all(h.startswith(("a/", "b/")) for h in heads)) else [0, 1]
+        errors: list[str] = []
+        for strip in order:
+            status, out, err = self._run("apply", "--numstat", "--summary", "--recount",
+                                         f"-p{strip}", patch)
+            if status:
+                errors.append(err.strip())
+                continue
+            paths, changes = [], []
+            for ln in str(out).splitlines():
+                m = _NUMSTAT.match(ln)
+                if m:
+                    paths.append(m.group(3))
+                    if m.group(1) == "-":
+                        changes.append(f"binary change of {m.group(3)}")
+                elif ln.strip():
+                    changes.append(ln.strip())
+            if set(paths) == {self.editable}:
+                if changes:
+                    raise PatchError(f"the diff may only modify {self.editable}'s content, "
+                                     f"not: {'; '.join(changes)}")
+                return strip
+            found = found or [p for p in paths if p != self.editable]
+        if found:
+            raise PatchError(self._touches(found))
+        raise PatchError(f"not a usable diff of {self.editable}: {errors[0] if errors else 'no file in it'}")
+
+    def _touches(self, paths: list[str]) -> str:
+        named = ", ".join(p + (" (frozen)" if p in self.frozen else "") for p in sorted(set(paths)))
+        return f"the diff touches {named}; only {self.editable} may be changed"
+
+    def rebase_candidate(self, commit: str, new_base: str, branch: str,
+                         message: str | None = None) -> RebaseOutcome:
+        """Re-apply a candidate's change to the editable file on top of ``new_base`` (3-way)."""
+        commit, new_base = self.resolve(commit), self.resolve(new_base)
+        parent = self.resolve(f"{commit}^")
+        if parent == new_base:  # already on it: nothing to rewrite
+            self._update_ref(f"refs/heads/{branch}", commit, None, f"candidate {branch}")
+            diff = self.diff(parent, commit)
+            return RebaseOutcome(RebaseStatus.REBASED, CandidateCommit(commit, *_count(diff), diff,
+                                                                       new_base, branch))
+        theirs = self._blob(self._require_editable(commit)[1])
+        ancestor = self._blob(self._require_editable(parent)[1])
+        ours = self._blob(self._require_editable(new_base)[1])
+        if theirs == ours:
+            return RebaseOutcome(RebaseStatus.ALREADY_IN)
+        with tempfile.TemporaryDirectory(prefix="farm-merge-") as d:
+            files = [Path(d, n) for n in ("ours", "base", "theirs")]
+            for f, data in zip(files, (ours, ancestor, theirs)):
+                f.write_bytes(data)
+            status, merged, err = self._run("merge-file", "-p", "--quiet", *map(str, files), raw=True)
+        if status < 0 or status > 127:
+            raise RepoError(f"git merge-file failed: {err.strip()}")
+        if status:
+            # git refuses changes on adjacent lines; two constants on neighbouring lines are
+            # independent edits, so retry with a merge that needs no context between hunks
+            merged = merge_lines(ancestor, ours, theirs)
+            if merged is None:
+                log.info("rebase of %s onto %s: %d conflict(s)", commit[:12], new_base[:12], status)
+                return RebaseOutcome(RebaseStatus.CONFLICT)
+        assert isinstance(merged, bytes)
+        if merged == ours:
+            return RebaseOutcome(RebaseStatus.ALREADY_IN)
+        if message is None:
+            raw = self._git("cat-file", "commit", commit)
+            message = raw.partition("\n\n")[2]
+        if f"Rebased-From: {commit}" not in message:
+            message = _add_trailer(message, "Rebased-From", commit)
+        done = self._commit(new_base, merged, message, branch, force=True)
+        return RebaseOutcome(RebaseStatus.REBASED, done)
+
+    def advance_main_line(self, tag: str, expected: str, new: str) -> bool:
+        """Fast-forward the main line from ``expected`` to ``new``; False if it moved meanwhile."""
+        ref = f"refs/heads/{main_branch(tag)}"
+        expected, new = self.resolve(expected), self.resolve(new)
+        status, _, err = self._run("merge-base", "--is-ancestor", expected, new)
+        if status == 1:
+            raise RepoError(f"{new[:12]} is not a descendant of {expected[:12]}: the main line "
+                            f"{main_branch(tag)} only fast-forwards")
+        if status:
+            raise RepoError(f"git merge-base failed: {err.strip()}")
+        status, err = self._update_ref(ref, new, expected, f"advance run {tag}")
+        if status == 0:
+            log.info("main line %s advanced %s -> %s", main_branch(tag), expected[:12], new[:12])
+            return True
+        if self.main_line(tag) != expected:
+            log.info("main line %s moved meanwhile; not advancing to %s", main_branch(tag), new[:12])
+            return False
+        raise RepoError(f"could not update {main_branch(tag)}: {err}")
+
+    def check_change(self, base: str, commit: str) -> str | None:
+        """None if ``commit`` differs from ``base`` only in the editable file's content, else why."""
+        out = self._git("diff-tree", "-r", "-z", "--no-renames", "--raw", base, commit).split("\0")
+        # each change: ([old mode, new mode, old sha, new sha, status], path)
+        changes = [(m[1:].split(), p) for m, p in zip(out[0::2], out[1::2]) if m.startswith(":")]
+        added = {meta[3]: p for meta, p in changes if meta[4] == "A"}
+        renamed = {p: added[meta[2]] for meta, p in changes if meta[4] == "D" and meta[2] in added}
+        reasons, others = [], []
+        for (old_mode, new_mode, _, _, st), path in changes:
+            if path in renamed.values():
+                continue
+            if path == self.editable:
+                if st == "D":
+                    reasons.append(f"{path} was " + (f"renamed to {renamed[path]}" if path in renamed else "deleted"))
+                elif new_mode == SYMLINK_MODE:
+                    reasons.append(f"{path} became a symlink (mode {old_mode} -> {new_mode})")
+                elif new_mode not in REGULAR_MODES:
+                    reasons.append(f"{path} is no longer a regular file (mode {new_mode})")
+                elif old_mode != new_mode:
+                    reasons.append(f"mode change on {path} ({old_mode} -> {new_mode})")
+                continue
+            what = {"A": "added", "D": "deleted", "M": "modified", "T": "type changed"}.get(st, st)
+            if path in renamed:
+                what = f"renamed to {renamed[path]}"
+            elif st != "D" and old_mode != new_mode and st in "MT":
+                what = f"mode change {old_mode} -> {new_mode}"
+            notes = [what]
+            if new_mode == SYMLINK_MODE:
+                notes.append("symlink")
+            if path.rsplit("/", 1)[-1] == ".gitattributes":
+                notes.append("changes git attributes")
+            if path in self.frozen:
+                notes.append("frozen")
+            others.append(f"{path} ({', '.join(notes)})")
+        if others:
+            reasons.append(f"only {self.editable} may change, but so did: {'; '.join(others)}")
+        return "; ".join(reasons) or None
+
+    def tree_files(self, commit: str, *, max_bytes: int = DEFAULT_TREE_CAP) -> dict[str, bytes]:
+        """Every regular file of ``commit`` (path -> bytes), to ship a tree to another node."""
+        out = self._git("ls-tree", "-r", "-z", "-l", "--full-tree", commit)
+        blobs, total = [], 0
+        for item in filter(None, out.split("\0")):
+            meta, _, path = item.partition("\t")
+            mode, kind, sha, size = meta.split()
+            if kind != "blob" or mode == SYMLINK_MODE:
+                log.debug("tree_files: skipping %s (mode %s, %s)", path, mode, kind)
+                continue
+            blobs.append((path, sha))
+            total += int(size)
+        if total > max_bytes:
+            raise RepoError(f"the files of {commit[:12]} total {total / 2**20:.1f} MiB, over the "
+                            f"{max_bytes / 2**20:.0f} MiB shipped to workers: trim the repository "
+                            f"(move data and checkpoints out of git, e.g. into ~/.cache)")
+        return {path: self._blob(sha) for path, sha in blobs}
+
+    def diff(self, base: str, commit: str) -> str:
+        """Unified diff of the editable file from ``base`` to ``commit``."""
+        status, out, err = self._run("diff-tree", "-p", "--no-color", "--no-ext-diff",
+                                     "--src-prefix=a/", "--dst-prefix=b/", base, commit,
+                                     "--", self.editable, raw=True)
+        if status:
+            raise RepoError(f"git diff-tree failed: {err.strip()}")
+        assert isinstance(out, bytes)
+        return out.decode("utf-8", "replace")
+
+    def branches(self, prefix: str) -> dict[str, str]:
+        """Branch name -> sha for every branch under ``refs/heads/<prefix>``."""
+        pattern = "refs/heads/" + prefix.strip("/") if prefix.strip("/") else "refs/heads"
+        out = self._git("for-each-ref", "--format=%(objectname) %(refname)", pattern)
+        result = {}
+        for line in out.splitlines():
+            sha, _, ref = line.partition(" ")
+            result[ref.removeprefix("refs/heads/")] = sha
+        return result
+
+
+def _edits(a: list[bytes], b: list[bytes]) -> list[tuple[int, int, list[bytes]]]:
+    """The changes turning a into b, as (start, end, replacement) ranges of a's lines."""
+    sm = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    return [(i1, i2, b[j1:j2]) for op, i1, i2, j1, j2 in sm.get_opcodes() if op != "equal"]
+
+
+def _clash(x: tuple[int, int, list[bytes]], y: tuple[int, int, list[bytes]]) -> bool:
+    (s1, e1, r1), (s2, e2, r2) = x, y
+    if x == y:
+        return False  # the same edit made on both sides
+    if s1 == e1 and s2 == e2:
+        return s1 == s2  # two insertions at one place: their order is unknown
+    if s1 == e1:
+        return s2 < s1 < e2
+    if s2 == e2:
+        return s1 < s2 < e1
+    return s1 < e2 and s2 < e1  # overlapping replaced ranges; touching ones are independent
+
+
+def merge_lines(ancestor: bytes, ours: bytes, theirs: bytes) -> bytes | None:
+    """3-way line merge that, unlike git's, accepts edits on adjacent lines; None on a conflict
+    (both sides changed the same lines differently, or inserted at the same place)."""
+    base = ancestor.splitlines(keepends=True)
+    mine, other = _edits(base, ours.splitlines(keepends=True)), _edits(base, theirs.splitlines(keepends=True))
+    if any(_clash(x, y) for x in mine for y in other):
+        return None
+    edits = sorted(set((s, e, tuple(r)) for s, e, r in mine + other), key=lambda t: (t[0], t[1]))
+    out, pos = [], 0
+    for s, e, r in edits:
+        out += base[pos:s] + list(r)
+        pos = e
+    return b"".join(out + base[pos:])
+
+
+def _count(diff: str) -> tuple[int, int]:
+    """(added, removed) lines of a one-file unified diff."""
+    body = diff.splitlines()
+    body = body[next((i for i, ln in enumerate(body) if ln.startswith("@@")), len(body)):]
+    return sum(ln.startswith("+") for ln in body), sum(ln.startswith("-") for ln in body)
+
+
+def _add_trailer(message: str, key: str, value: str) -> str:
+    body = message.rstrip("\n")
+    paragraphs = body.split("\n\n")
+    last = paragraphs[-1].splitlines()
+    joiner = "\n" if len(paragraphs) > 1 and last and all(_TRAILER.match(ln) for ln in last) else "\n\n"
+    return f"{body}{joiner}{key}: {value}\n"
