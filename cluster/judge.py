@@ -1,0 +1,288 @@
+"""The merge gate: a pure policy that says what to do with a measured candidate.
+
+val_bpb moves by about 0.002 between seeds, so "lower than the best so far" merges noise and
+then every later candidate is compared with a lucky main line. The judge instead asks whether a
+candidate beats the main line *measured on the same accelerator* by more than the noise can
+explain, charges extra code for its complexity ("simpler is better"), and makes an apparent
+winner replicate before it enters the main line.
+
+Noise estimate. The main line is measured only a few times (``baseline_runs``, 3 by default),
+and the standard deviation of 3 numbers is itself very noisy: about one time in five it comes out
+below half the true sigma, which alone would let ~5 % of pure-noise candidates through. So the
+line's own sample variance is pooled with a prior sigma (``history_sigma`` for that accelerator
+when the controller has one, else ``default_noise``) that counts as ``noise_prior_df`` degrees of
+freedom::
+
+    sigma^2 = (sum (x - mean)^2 + noise_prior_df * prior^2) / (n - 1 + noise_prior_df)
+
+With fewer than 2 line measurements sigma is the prior itself; it is never below ``min_noise``.
+``noise_prior_df = 0`` gives the plain sample standard deviation.
+
+Confirmation. The first run of a winner was *selected* for looking good (winner's curse), so
+pooling it with its confirmation still carries its luck. A confirmed candidate merges only if
+all its runs together clear the bar and the confirmation runs alone (``purpose == "confirm"``,
+else every run but the first) clear it too. With the defaults this keeps the false-merge rate of
+zero-effect candidates near 0.3 % while a real 0.01 bpb gain still merges ~97 % of the time
+(tests/test_judge.py simulates both).
+
+Actions: "merge"; "discard" (failed, cheated, over the VRAM cap, not better, or did not
+replicate); "confirm" (queue one more run on the same accelerator, purpose confirm); "rebase"
+(measured on an old main line and looked like a win there, or cannot be compared there); "measure_line"
+(the main line has fewer than ``baseline_runs`` ok runs on the candidate's accelerator:
+``numbers["line_runs_needed"]`` more); "wait" (no results yet).
+
+Everything here is a function of the records passed in: no store, git or clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cluster.model import Candidate, Purpose, Result, RunStatus
+
+ACTIONS = ("merge", "discard", "confirm", "rebase", "measure_line", "wait")
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    baseline_runs: int = 3  # main-line measurements per accelerator before candidates are judged
+    confirm: bool = True  # an apparent winner is re-measured before it merges
+    noise_k: float = 2.0  # margin = noise_k * sigma * sqrt(1/n_cand + 1/n_line)
+    default_noise: float = 0.002  # prior sigma when no history_sigma is known for the accelerator
+    min_noise: float = 0.0005  # floor on sigma: a lucky tight baseline must not make noise significant
+    bpb_per_line: float = 0.0001  # extra gain required per net added line of code
+    simplify_merges: bool = True  # a net deletion within the noise merges (after confirmation)
+    max_vram_mb: float | None = None  # soft cap: a candidate peaking above it is discarded
+    noise_prior_df: float = 4.0  # weight (degrees of freedom) of the prior sigma in the pooled estimate
+
+
+@dataclass(frozen=True)
+class Line:
+    """The main line as the judge sees it."""
+
+    commit: str
+    results: list[Result]  # every measurement of the main-line commit, any accelerator
+    history_sigma: dict[str, float] = field(default_factory=dict)  # pooled sigma per accelerator
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # one of ACTIONS
+    reason: str  # one human line, with the numbers
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cand(self) -> str | None:
+        return self.numbers.get("cand")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class _Eval:
+    """One comparison of a set of candidate runs with a set of reference runs."""
+
+    delta: float
+    margin: float
+    required: float
+    sigma: float
+    cand_mean: float
+    ref_mean: float
+    n_cand: int
+    n_ref: int
+    kind: str  # "win" | "simpler" | "none"
+
+
+def noise_sigma(values: Sequence[float], cfg: JudgeConfig = JudgeConfig(), prior: float | None = None) -> float:
+    """Seed-noise sigma of repeated measurements of one commit, pooled with a prior (see module doc)."""
+    prior_sigma = cfg.default_noise if prior is None else prior
+    n = len(values)
+    if n < 2:
+        return max(cfg.min_noise, prior_sigma)
+    mean = sum(values) / n
+    ss = sum((v - mean) ** 2 for v in values)
+    var = (ss + cfg.noise_prior_df * prior_sigma**2) / (n - 1 + cfg.noise_prior_df)
+    return max(cfg.min_noise, math.sqrt(var))
+
+
+def _usable(r: Result) -> bool:
+    return r.status == RunStatus.OK.value and r.val_bpb is not None and math.isfinite(r.val_bpb)
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def _accelerator(ok: Sequence[Result], line: Line) -> str:
+    """The candidate's most common accelerator; ties go to the one the line has most runs on, then by name."""
+    counts = Counter(r.accelerator for r in ok)
+    line_counts = Counter(r.accelerator for r in line.results if _usable(r))
+    return min(counts, key=lambda a: (-counts[a], -line_counts[a], a))
+
+
+def _evaluate(
+    cand: Sequence[float], ref: Sequence[float], sigma: float, net_lines: int, cfg: JudgeConfig
+) -> _Eval:
+    cm, rm = _mean(cand), _mean(ref)
+    delta = cm - rm
+    margin = cfg.noise_k * sigma * math.sqrt(1 / len(cand) + 1 / len(ref))
+    required = margin + max(0, net_lines) * cfg.bpb_per_line
+    if -delta > required:
+        kind = "win"
+    elif cfg.simplify_merges and net_lines < 0 and delta < margin:
+        kind = "simpler"
+    else:
+        kind = "none"
+    return _Eval(delta, margin, required, sigma, cm, rm, len(cand), len(ref), kind)
+
+
+def _passes(ev: _Eval, kind: str) -> bool:
+    """Whether ``ev`` clears the bar of ``kind`` (a replication must clear the same bar as the original)."""
+    if kind == "win":
+        return ev.kind == "win"
+    return ev.kind in ("win", "simpler")
+
+
+def _describe(ev: _Eval, net_lines: int, against: str) -> str:
+    runs = f"{ev.n_cand} run{'s' if ev.n_cand != 1 else ''} vs {ev.n_ref}"
+    extra = ""
+    if net_lines > 0 and ev.required > ev.margin:
+        extra = f" + {net_lines} lines = {ev.required:.4f}"
+    text = f"{ev.delta:+.4f} bpb vs {against} (margin {ev.margin:.4f}{extra}, {runs})"
+    if ev.kind == "simpler":
+        text = f"simpler: deletes {-net_lines} lines within noise, {text}"
+    return text
+
+
+def _replication_runs(ok: Sequence[Result]) -> list[Result]:
+    """Runs not selected by the first look: the confirmations, else every run but the first."""
+    confirms = [r for r in ok if r.purpose == Purpose.CONFIRM.value]
+    if confirms:
+        return confirms
+    ordered = sorted(ok, key=lambda r: (r.finished_at, r.started_at, r.attempt, r.job))
+    return ordered[1:]
+
+
+def decide(
+    cand: Candidate,
+    results: Sequence[Result],
+    line: Line,
+    cfg: JudgeConfig = JudgeConfig(),
+    base_results: Sequence[Result] | None = None,
+) -> Decision:
+    """Judge one candidate from its accepted results; ``base_results`` measure ``cand.base`` when it is old."""
+    net = cand.lines_added - cand.lines_removed
+    nums: dict[str, Any] = {"cand": cand.id, "base": cand.base, "line": line.commit, "net_lines": net}
+
+    def out(action: str, reason: str, **more: Any) -> Decision:
+        return Decision(action, reason, {**nums, **more})
+
+    if not results:
+        return out("wait", "no results yet")
+    cheats = [r for r in results if r.status == RunStatus.CHEAT.value]
+    if cheats:
+        return out("discard", f"cheat: {cheats[0].reason or 'caught by the worker'}", n_cheat=len(cheats))
+    ok = [r for r in results if _usable(r)]
+    nums["n_failed"] = len(results) - len(ok)
+    if not ok:
+        first = results[0]
+        status = first.status if first.status != RunStatus.OK.value else RunStatus.NO_METRIC.value
+        why = first.reason or (f"exit code {first.exit_code}" if first.exit_code is not None else "no reason given")
+        return out("discard", f"{status}: {why} ({len(results)} of {len(results)} runs failed)", status=status)
+
+    acc = _accelerator(ok, line)
+    ok = [r for r in ok if r.accelerator == acc]
+    nums["accelerator"] = acc
+    cand_vals = [float(r.val_bpb) for r in ok]  # type: ignore[arg-type]
+
+    peaks = [r.peak_vram_mb for r in ok if r.peak_vram_mb is not None]
+    if cfg.max_vram_mb is not None and peaks and max(peaks) > cfg.max_vram_mb:
+        return out("discard", f"vram: peak {max(peaks):.0f} MB > cap {cfg.max_vram_mb:.0f} MB", peak_vram_mb=max(peaks))
+
+    prior = line.history_sigma.get(acc)
+    if cand.base != line.commit:
+        return _judge_old_base(cand_vals, base_results or [], acc, net, prior, cfg, out)
+
+    line_vals = [float(r.val_bpb) for r in line.results if _usable(r) and r.accelerator == acc]  # type: ignore[arg-type]
+    if len(line_vals) < max(1, cfg.baseline_runs):
+        need = max(1, cfg.baseline_runs) - len(line_vals)
+        return out(
+            "measure_line",
+            f"main line has {len(line_vals)} of {cfg.baseline_runs} runs on {acc}: measure it {need} more time(s)",
+            n_line=len(line_vals),
+            line_runs_needed=need,
+        )
+
+    sigma = noise_sigma(line_vals, cfg, prior)
+    ev = _evaluate(cand_vals, line_vals, sigma, net, cfg)
+    nums.update(
+        delta=ev.delta, margin=ev.margin, required=ev.required, sigma=sigma, n_cand=ev.n_cand,
+        n_line=ev.n_ref, cand_mean=ev.cand_mean, line_mean=ev.ref_mean,
+    )  # fmt: skip
+    text = _describe(ev, net, "main")
+    if ev.kind == "none":
+        if net > 0 and -ev.delta > ev.margin:
+            return out("discard", f"{text}: gain does not pay for {net} added lines -> discard")
+        return out("discard", f"{text}: not better than main -> discard")
+    if not cfg.confirm:
+        return out("merge", f"{text} -> merge")
+    if ev.n_cand < 2:
+        return out("confirm", f"{text} -> confirm")
+    rep = _replication_runs(ok)
+    rev = _evaluate([float(r.val_bpb) for r in rep], line_vals, sigma, net, cfg)  # type: ignore[arg-type]
+    nums.update(rep_delta=rev.delta, rep_margin=rev.margin, n_rep=rev.n_cand)
+    if not _passes(rev, ev.kind):
+        bar = -rev.required if ev.kind == "win" else rev.margin
+        return out(
+            "discard",
+            f"{text}, but the confirmation alone is {rev.delta:+.4f} (needs < {bar:+.4f}, "
+            f"{rev.n_cand} run(s)): did not replicate -> discard",
+        )
+    return out("merge", f"{text}, confirmed ({rev.delta:+.4f} on its own) -> merge")
+
+
+def _judge_old_base(
+    cand_vals: list[float],
+    base_results: Sequence[Result],
+    acc: str,
+    net: int,
+    prior: float | None,
+    cfg: JudgeConfig,
+    out: Callable[..., Decision],
+) -> Decision:
+    """A candidate measured on an older main line never merges as it is: rebase it if it beat its base."""
+    base_vals = [float(r.val_bpb) for r in base_results if _usable(r) and r.accelerator == acc]
+    if not base_vals:
+        return out("rebase", f"base is old and has no runs on {acc} to compare with -> rebase and measure again")
+    sigma = noise_sigma(base_vals, cfg, prior)
+    ev = _evaluate(cand_vals, base_vals, sigma, net, cfg)
+    text = _describe(ev, net, "its base")
+    more = {
+        "delta": ev.delta, "margin": ev.margin, "required": ev.required, "sigma": sigma,
+        "n_cand": ev.n_cand, "n_base": ev.n_ref, "cand_mean": ev.cand_mean, "base_mean": ev.ref_mean,
+    }  # fmt: skip
+    if ev.kind == "none":
+        return out("discard", f"{text}: not better than its base -> discard", **more)
+    return out("rebase", f"{text} on an old main line -> rebase", **more)
+
+
+def pick_merge(decisions: Iterable[Decision]) -> str | None:
+    """Among simultaneous "merge" decisions on one base, the candidate id to merge first (None if none).
+
+    The lowest delta wins, which on one accelerator is the lowest cand_mean (the line mean is
+    shared) and across accelerators still compares like with like; ties go to the lower mean, then id.
+    """
+    merges = [d for d in decisions if d.action == "merge"]
+    if not merges:
+        return None
+    best = min(
+        merges,
+        key=lambda d: (d.numbers.get("delta", math.inf), d.numbers.get("cand_mean", math.inf), str(d.cand)),
+    )
+    return best.cand

@@ -1,0 +1,260 @@
+"""The offline mutation search on a small train.py-like source: edits, rules, duplicates, learning."""
+
+from __future__ import annotations
+
+import ast
+from collections import Counter
+
+import pytest
+
+from proposer.base import History, Outcome, Proposer, fingerprint, normalise
+from proposer.mutate import MutateProposer
+
+TRAIN = '''"""Tiny stand-in for train.py: the constants at the top are the search surface."""
+
+import math
+
+# --- model -----------------------------------------------------------------
+DEPTH = 6  # transformer layers
+ASPECT_RATIO = 64  # model_dim = depth * aspect_ratio
+HEAD_DIM = 128  # attention head dimension
+WINDOW_PATTERN = "SSSL"  # sliding-window layout per layer
+
+# --- optimisation ----------------------------------------------------------
+MATRIX_LR = 0.04  # Muon learning rate
+EMBEDDING_LR = 0.6
+WEIGHT_DECAY = 0.2  # cautious weight decay
+ADAM_BETAS = (0.8, 0.95)  # Adam betas for the embeddings
+MUON_MOMENTUM = 0.95
+WARMUP_RATIO = 0.0  # no warmup
+WARMDOWN_RATIO = 0.5  # fraction of the budget spent decaying
+TOTAL_BATCH_SIZE = 2**19  # tokens per step: the exponent is what moves
+LR_SCALE = math.sqrt(2.0)  # a call, not a literal: left alone
+DEVICE_BATCH_SIZE = 128
+WARMUP_STEPS = 10
+USE_COMPILE = True
+SEED = 42
+
+# --- CPU overrides (small enough for a laptop) -------------------------------
+CPU_DEPTH = 2
+CPU_ASPECT_RATIO = 32
+CPU_HEAD_DIM = 64
+CPU_DEVICE_BATCH_SIZE = 8
+CPU_WINDOW_PATTERN = "L"
+
+assert DEPTH * ASPECT_RATIO % HEAD_DIM == 0, "model_dim must be a multiple of head_dim"
+assert CPU_DEPTH * CPU_ASPECT_RATIO % CPU_HEAD_DIM == 0
+
+
+def model_dim(cpu: bool) -> int:
+    # computed at run time, not a literal
+    return CPU_DEPTH * CPU_ASPECT_RATIO if cpu else DEPTH * ASPECT_RATIO
+
+
+if __name__ == "__main__":
+    print(model_dim(False), MATRIX_LR, math.pi)
+'''
+
+TWINNED = {"DEPTH", "ASPECT_RATIO", "HEAD_DIM", "DEVICE_BATCH_SIZE", "WINDOW_PATTERN"}
+
+
+def consts(source: str) -> dict[str, object]:
+    out = {}
+    for stmt in ast.parse(source).body:
+        if isinstance(stmt, ast.Assign) and isinstance(stmt.targets[0], ast.Name):
+            if not any(isinstance(n, (ast.Name, ast.Call)) for n in ast.walk(stmt.value)):
+                out[stmt.targets[0].id] = eval(compile(ast.Expression(stmt.value), "<const>", "eval"))
+    return out
+
+
+def hist(source: str = TRAIN, **kw) -> History:
+    return History(base_commit="m1", base_source=source, **kw)
+
+
+def many(proposer: MutateProposer, n: int = 40, seeds: range = range(5)):
+    for s in seeds:
+        proposer.seed = s
+        yield from proposer.propose(n, hist())
+
+
+def check_edit(base: str, new: str, changes: list[dict]) -> None:
+    """Only the changed constants' lines differ, and only in their literal (comments intact)."""
+    names = {c["name"] for c in changes}
+    old_lines, new_lines = base.split("\n"), new.split("\n")
+    assert len(old_lines) == len(new_lines)
+    differing = [(a, b) for a, b in zip(old_lines, new_lines) if a != b]
+    assert len(differing) == len(names)
+    for a, b in differing:
+        name = a.split(" = ")[0]
+        assert name in names and b.startswith(f"{name} = ")
+        assert a.partition("#")[2] == b.partition("#")[2]
+    old_c, new_c = consts(base), consts(new)
+    assert {k for k in old_c if old_c[k] != new_c[k]} == names
+    for c in changes:
+        expect = tuple(c["new"]) if isinstance(c["new"], list) else c["new"]
+        assert new_c[c["name"]] == expect and type(new_c[c["name"]]) is type(expect)
+
+
+def test_it_is_a_proposer() -> None:
+    assert isinstance(MutateProposer(), Proposer) and MutateProposer.name == "mutate"
+
+
+def test_proposals_are_valid_minimal_edits() -> None:
+    props = list(many(MutateProposer(two_change_prob=0.3)))
+    assert len(props) == 200
+    kinds = Counter()
+    for p in props:
+        compile(p.source, "train.py", "exec")
+        assert p.source != TRAIN and p.origin == "mutate"
+        changes = p.meta["changes"]
+        assert 1 <= len(changes) <= 2 and len({c["name"] for c in changes}) == len(changes)
+        check_edit(TRAIN, p.source, changes)
+        new = consts(p.source)
+        assert new["DEPTH"] * new["ASPECT_RATIO"] % new["HEAD_DIM"] == 0
+        for c in changes:
+            assert f"{c['name']} " in p.description
+            kinds[type(new[c["name"]]).__name__] += 1
+        betas = new["ADAM_BETAS"]
+        assert all(0 < b < 1 for b in betas) and 0 < new["WARMDOWN_RATIO"] < 1
+        assert new["DEPTH"] >= 1 and new["WARMUP_STEPS"] >= 1
+    assert set(kinds) == {"int", "float", "str", "tuple", "bool"}
+    assert sum(len(p.meta["changes"]) == 2 for p in props) > 10
+
+
+def test_steps_follow_the_rules() -> None:
+    seen: dict[str, set] = {}
+    for p in many(MutateProposer(two_change_prob=0.0)):
+        for c in p.meta["changes"]:
+            seen.setdefault(c["name"], set()).add(c["new"] if not isinstance(c["new"], list) else tuple(c["new"]))
+    assert seen["DEPTH"] <= {4, 8}  # 5 and 7 break the divisibility assert
+    assert seen["HEAD_DIM"] <= {64, 256} and seen["USE_COMPILE"] == {False}
+    assert seen["WARMUP_STEPS"] <= {9, 11, 8, 12}
+    assert seen["MATRIX_LR"] <= {0.05, 0.06, 0.08, 0.032, 0.0267, 0.02}
+    assert seen["WARMDOWN_RATIO"] <= {0.625, 0.75, 0.4, 0.333, 0.25}
+    assert seen["WARMUP_RATIO"] <= {0.05, 0.1, 0.2}  # a ratio at 0 is switched on a little
+    assert seen["MUON_MOMENTUM"] <= {0.96, 0.9667, 0.975, 0.9375, 0.925, 0.9}  # steps on 1 - beta
+    assert seen["TOTAL_BATCH_SIZE"] == {2**18, 2**20} and "LR_SCALE" not in seen
+    assert all(len(s) >= 1 and set(s) <= {"S", "L"} for s in seen["WINDOW_PATTERN"])
+    for b1, b2 in seen["ADAM_BETAS"]:
+        assert (b1 == 0.8) != (b2 == 0.95)  # one element at a time
+
+
+def test_power_of_two_spelling_and_cpu_pattern_alphabet() -> None:
+    p = next(p for p in many(MutateProposer()) if p.description.startswith("TOTAL_BATCH_SIZE"))
+    assert p.description in ("TOTAL_BATCH_SIZE 2**19 -> 2**18", "TOTAL_BATCH_SIZE 2**19 -> 2**20")
+    assert "TOTAL_BATCH_SIZE = 2**" in p.source
+    changes = [c for p in many(MutateProposer(profile="cpu")) for c in p.meta["changes"]]
+    cpu = {c["new"] for c in changes if c["name"] == "CPU_WINDOW_PATTERN"}
+    assert cpu and cpu <= {"S", "LL", "SL", "LS"}  # the letters of its GPU twin "SSSL" count
+
+
+def test_description_and_meta() -> None:
+    p = next(p for p in many(MutateProposer(two_change_prob=0.0)) if p.meta["changes"][0]["name"] == "MATRIX_LR")
+    c = p.meta["changes"][0]
+    assert p.description == f"MATRIX_LR 0.04 -> {c['new']}"
+    assert c["old"] == 0.04 and c["direction"] == ("+" if c["new"] > 0.04 else "-")
+
+
+@pytest.mark.parametrize("profile", ["gpu", "cpu"])
+def test_profiles(profile: str) -> None:
+    names = Counter(c["name"] for p in many(MutateProposer(profile=profile)) for c in p.meta["changes"])
+    assert "SEED" not in names
+    if profile == "gpu":
+        assert not any(n.startswith("CPU_") for n in names)
+        assert names["DEPTH"] > 0
+    else:
+        assert not (set(names) & TWINNED)
+        assert names["CPU_DEPTH"] > 0 and names["MATRIX_LR"] > 0
+    for p in many(MutateProposer(profile="cpu"), seeds=range(2)):
+        new = consts(p.source)
+        assert new["CPU_DEPTH"] * new["CPU_ASPECT_RATIO"] % new["CPU_HEAD_DIM"] == 0
+
+
+def test_exclude_patterns() -> None:
+    names = {c["name"] for p in many(MutateProposer(exclude=("*_LR", "DEPTH"))) for c in p.meta["changes"]}
+    assert not names & {"MATRIX_LR", "EMBEDDING_LR", "DEPTH"}
+    assert "SEED" in {c["name"] for p in many(MutateProposer(exclude=())) for c in p.meta["changes"]}
+    cpu = {c["name"] for p in many(MutateProposer(profile="cpu", exclude=("DEPTH",))) for c in p.meta["changes"]}
+    assert "CPU_DEPTH" not in cpu  # a pattern excludes the twin of the name it matches
+
+
+def test_no_duplicates_within_a_call_or_with_history() -> None:
+    first = MutateProposer(seed=3).propose(30, hist())
+    fps = [fingerprint(p.source) for p in first]
+    assert len(set(fps)) == len(fps) == 30
+    second = MutateProposer(seed=3).propose(30, hist(tried=set(fps)))
+    assert len(second) == 30 and not {fingerprint(p.source) for p in second} & set(fps)
+
+
+def test_pending_descriptions_are_not_proposed_again() -> None:
+    first = MutateProposer(seed=1, two_change_prob=0).propose(5, hist())
+    again = MutateProposer(seed=1, two_change_prob=0).propose(5, hist(pending_descriptions=[first[0].description]))
+    assert first[0].description not in {p.description for p in again}
+
+
+def test_deterministic_for_a_seed_and_history() -> None:
+    a = [p.description for p in MutateProposer(seed=7).propose(10, hist())]
+    b = [p.description for p in MutateProposer(seed=7).propose(10, hist())]
+    c = [p.description for p in MutateProposer(seed=8).propose(10, hist())]
+    assert a == b and a != c
+
+
+@pytest.mark.timeout(20)
+def test_exhaustion_returns_empty() -> None:
+    tiny = "FLAG = True  # the only knob\n"
+    p = MutateProposer()
+    got = p.propose(5, hist(tiny))
+    assert [x.description for x in got] == ["FLAG True -> False"]
+    assert got[0].source == "FLAG = False  # the only knob\n"
+    assert p.propose(5, hist(tiny, tried={fingerprint(got[0].source)})) == []
+    # two knobs: 2 singles and 1 pair, then nothing
+    two = "A = True\nB = False\n"
+    tried: set[str] = set()
+    for _ in range(10):
+        batch = p.propose(2, hist(two, tried=set(tried)))
+        if not batch:
+            break
+        tried |= {fingerprint(x.source) for x in batch}
+    assert batch == [] and len(tried) == 3
+
+
+def test_unparsable_or_constant_free_source_gives_nothing() -> None:
+    assert MutateProposer().propose(3, hist("def f(:\n")) == []
+    assert MutateProposer().propose(3, hist("x = 1\nPATH = 'data/train'\n")) == []
+
+
+def test_learning_shifts_the_sampling() -> None:
+    def change(name: str, d: str) -> dict:
+        return {"changes": [{"name": name, "old": 0, "new": 0, "direction": d}]}
+
+    outcomes = [Outcome(change("MATRIX_LR", "+"), "ok", delta=-0.003, merged=i == 0) for i in range(4)]
+    outcomes += [Outcome(change("DEPTH", d), "crash") for d in "+-+-"]
+    outcomes += [Outcome(change("EMBEDDING_LR", "-"), "ok", delta=0.002)]
+
+    def counts(h: History) -> Counter:
+        c: Counter = Counter()
+        for s in range(300):
+            (p,) = MutateProposer(seed=s, two_change_prob=0.0).propose(1, h)
+            ch = p.meta["changes"][0]
+            c[(ch["name"], ch["direction"])] += 1
+            c[ch["name"]] += 1
+        return c
+
+    before, after = counts(hist()), counts(hist(outcomes=outcomes))
+    names = {k for k in before if isinstance(k, str)}
+    assert len(names) == 15
+    uniform = 300 / len(names) / 2  # 2 directions
+    assert before[("MATRIX_LR", "+")] < 2 * uniform
+    assert after[("MATRIX_LR", "+")] > 4 * uniform
+    assert after["DEPTH"] < before["DEPTH"] / 2
+    assert after["DEPTH"] > 0  # the floor: nothing starves
+
+
+def test_normalise_ignores_comments_and_layout() -> None:
+    a = "x = 1  # one\n\n\ndef f():\n    return x\n"
+    b = "# header\nx=1\ndef f():\n    return x   \n"
+    assert normalise(a) == normalise(b) and fingerprint(a) == fingerprint(b)
+    assert fingerprint(a) != fingerprint(a.replace("1", "2"))
+    assert fingerprint("def f():\n  if x:\n    y()\n  z()\n") != fingerprint("def f():\n  if x:\n    y()\n    z()\n")
+    assert normalise("s = '''a\n\n# not a comment'''\n") != normalise("s = '''a\n'''\n")
+    assert normalise("x = (1,\n") == "x = (1,"  # untokenizable: line-based fallback
