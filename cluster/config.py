@@ -1,0 +1,195 @@
+"""The farm's configuration: one frozen dataclass per TOML section, loaded once, overridden by flags.
+
+`configs/default.toml` spells out every default (a test keeps it equal to these dataclasses), so
+the file a user copies is the reference. Unknown keys and values of the wrong type are refused
+with a message that names the key; nothing else in the farm reads environment knobs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    repo: str = "."  # the git repository researched (its train.py); never its working tree
+    tag: str = ""  # run name; "" = today's date, e.g. nov25
+    editable: str = "train.py"  # the one file candidates may change
+    frozen: tuple[str, ...] = ("prepare.py",)  # files a candidate must not touch (hash-checked)
+    max_experiments: int = 0  # stop once this many candidates have a final result; 0 = no limit
+    hours: float = 0.0  # stop after this many hours; 0 = no limit
+    run_dir: str = ""  # "" = <repo's .git>/autoresearch-farm/runs/<tag>
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    command: tuple[str, ...] = ("python", "train.py")  # run in the candidate's tree
+    prepare_command: tuple[str, ...] = ("python", "prepare.py")  # once per worker; () = none
+    budget: float = 60.0  # training seconds per experiment (AUTORESEARCH_TIME_BUDGET); 300 on GPUs
+    grace: float = 90.0  # extra wall-clock seconds for start-up and evaluation before a kill
+    cache_dir: str = ""  # AUTORESEARCH_CACHE for prepare and train; "" = their default
+    isolate_network: bool = True  # run candidates without network where the OS allows it
+    env: dict[str, str] = field(default_factory=dict)  # extra AUTORESEARCH_* knobs for every run
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    count: int = 0  # 0 = one per GPU in the cluster; without GPUs, one CPU worker per cpus_per_worker cores (at most 4)
+    gpus_per_worker: float = 1.0  # 0 = CPU workers
+    cpus_per_worker: float = 1.0  # also the thread count a CPU worker's training uses
+    max_lost: int = 3  # attempts lost with their worker before a candidate is failed as poison
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    redis: str = ""  # "" = an embedded redis-server next to the run; else redis:// or unix://
+    prefix: str = "arf"  # key prefix; a run's keys live under <prefix>:<tag>:
+    appendfsync: str = "everysec"  # embedded server's AOF policy: always | everysec
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    baseline_runs: int = 3  # measurements of the baseline, for the noise floor
+    confirm: bool = True  # re-measure an apparent winner before it merges
+    noise_k: float = 2.0  # a win must beat noise_k standard errors
+    default_noise: float = 0.002  # val_bpb std assumed before it is measured (seed noise)
+    min_noise: float = 0.0005  # floor under the measured std
+    bpb_per_line: float = 0.0001  # gain each net added line must pay for ("simpler is better")
+    simplify_merges: bool = True  # merge a deletion that is within the noise
+    max_vram_mb: float = 0.0  # soft cap on peak VRAM; 0 = none
+
+
+@dataclass(frozen=True)
+class ProposerSettings:
+    kind: str = "mutate"  # mutate (offline search; more backends plug in here)
+    queue_margin: int = 2  # pending candidates kept beyond one per worker
+    seed: int = 0  # offline search seed
+    profile: str = "auto"  # which constants the offline search mutates: auto | gpu | cpu
+    exclude: tuple[str, ...] = ("SEED",)  # constants never mutated (fnmatch patterns)
+    two_change_prob: float = 0.2  # chance that one proposal changes two constants
+
+
+@dataclass(frozen=True)
+class FarmConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    judge: JudgeSettings = field(default_factory=JudgeSettings)
+    proposer: ProposerSettings = field(default_factory=ProposerSettings)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "FarmConfig":
+        """Apply {"section.key": value} (from CLI flags); None values are skipped."""
+        cfg = self
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            section, _, key = dotted.partition(".")
+            sub = getattr(cfg, section)
+            cfg = replace(cfg, **{section: replace(sub, **{key: _coerce(f"{dotted}", _hint(type(sub), key), value)})})
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    "store.appendfsync": ("always", "everysec"),
+    "proposer.kind": ("mutate",),
+    "proposer.profile": ("auto", "gpu", "cpu"),
+}
+_NON_NEGATIVE = {"run.max_experiments", "run.hours", "train.grace", "workers.count", "workers.gpus_per_worker",
+                 "judge.bpb_per_line", "judge.max_vram_mb", "proposer.queue_margin", "judge.min_noise"}
+_POSITIVE = {"train.budget", "workers.cpus_per_worker", "workers.max_lost",
+             "judge.baseline_runs", "judge.noise_k", "judge.default_noise"}
+
+
+def _hint(cls: type, key: str) -> Any:
+    hints = get_type_hints(cls)
+    if key not in hints:
+        known = ", ".join(f.name for f in fields(cls))
+        raise ConfigError(f"unknown key {key!r} (known keys: {known})")
+    return hints[key]
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    """Check one value against its field type; ints become floats where a float is wanted."""
+    origin = get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name} must be a list of strings, got {value!r}")
+        value = tuple(value)
+    elif origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise ConfigError(f"{name} must be a table of strings, got {value!r}")
+        value = dict(value)
+    elif hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        value = float(value)
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+    elif hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+    else:  # pragma: no cover - every field above has one of these types
+        raise ConfigError(f"{name}: unsupported type {hint} {get_args(hint)}")
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise ConfigError(f"{name} must be one of {', '.join(_CHOICES[name])}, got {value!r}")
+    if name in _NON_NEGATIVE and value < 0:
+        raise ConfigError(f"{name} must be >= 0, got {value!r}")
+    if name in _POSITIVE and value <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
+    return value
+
+
+def from_dict(data: dict[str, Any], base: FarmConfig | None = None) -> FarmConfig:
+    cfg = base or FarmConfig()
+    sections = {f.name for f in fields(FarmConfig)}
+    for section, table in data.items():
+        if section not in sections:
+            raise ConfigError(f"unknown section [{section}] (known sections: {', '.join(sorted(sections))})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        sub = getattr(cfg, section)
+        values = {}
+        for key, value in table.items():
+            try:
+                hint = _hint(type(sub), key)
+            except ConfigError as e:
+                raise ConfigError(f"[{section}] {e}") from None
+            values[key] = _coerce(f"{section}.{key}", hint, value)
+        cfg = replace(cfg, **{section: replace(sub, **values)})
+    return cfg
+
+
+def load(path: str | Path | None) -> FarmConfig:
+    """The defaults, or the defaults overlaid with a TOML file."""
+    if path is None:
+        return FarmConfig()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found (the shipped ones are in configs/)")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    try:
+        return from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
