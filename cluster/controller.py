@@ -1,0 +1,447 @@
+"""The controller: the one loop that executes. It asks the proposer, dispatches jobs to idle
+workers, records results, asks the judge, and moves the main line.
+
+The proposer and the judge are pure policies; only this loop talks to git (FarmRepo), Ray (the
+worker and proposer actors) and Redis (Store). Everything the loop decides is written to the
+store before it acts on it, so a controller killed at any point can be resumed from Redis:
+jobs that were running are re-queued (their late results are refused by the attempt fence),
+finished candidates are judged, and the main-line ref in git is the source of truth for merges.
+
+One step:
+  1. collect finished worker calls: record each result (fenced by its attempt), or re-queue the
+     job of a worker that died;
+  2. re-queue jobs whose lease expired (a hung or stopped worker);
+  3. judge finished candidates once the main line's own measurements are in;
+  4. keep the queue at one pending candidate per worker plus a margin (ask the proposer);
+  5. hand the next job to every idle worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+
+from proposer.base import History, Outcome, Proposal, fingerprint
+
+from . import judge as judge_policy
+from .config import FarmConfig
+from .errors import FencedWrite, PatchError
+from .model import Candidate, Job, Purpose, Result, RunStatus, State
+from .ray_glue import WorkerSlot
+from .repo import FarmRepo, RebaseStatus, candidate_branch
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+PENDING = (State.PROPOSED.value, State.QUEUED.value, State.RUNNING.value)
+LEASE_SLACK_S = 60.0  # beyond budget + grace: the runner kills at budget + grace itself
+POLL_S = 0.2
+
+
+@dataclass
+class InFlight:
+    job: Job
+    ref: Any
+    started: float
+    lost: bool = False  # its lease expired and the job was re-queued; the slot waits for the ref
+
+
+@dataclass
+class Stats:
+    started: float = field(default_factory=time.time)
+    busy_seconds: float = 0.0
+    dispatch_gaps: list[float] = field(default_factory=list)
+
+
+class Controller:
+    def __init__(self, cfg: FarmConfig, tag: str, store: Store, repo: FarmRepo, workers: list[WorkerSlot],
+                 proposer: Any, run_dir: Path, report: Callable[[str], None] | None = None):
+        self.cfg, self.tag, self.store, self.repo = cfg, tag, store, repo
+        self.workers = {w.name: w for w in workers}
+        self.proposer = proposer
+        self.run_dir = run_dir
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.report = report or (lambda line: log.info("%s", line))
+        self.jcfg = judge_policy.JudgeConfig(
+            baseline_runs=cfg.judge.baseline_runs, confirm=cfg.judge.confirm, noise_k=cfg.judge.noise_k,
+            default_noise=cfg.judge.default_noise, min_noise=cfg.judge.min_noise,
+            bpb_per_line=cfg.judge.bpb_per_line, simplify_merges=cfg.judge.simplify_merges,
+            max_vram_mb=cfg.judge.max_vram_mb or None,
+        )
+        self.inflight: dict[str, InFlight] = {}
+        self.idle_since: dict[str, float] = {name: time.time() for name in self.workers}
+        self.proposal_ref: Any = None
+        self.proposer_dry = 0  # consecutive proposal rounds that produced nothing new
+        self.stop_requested = False
+        self.stats = Stats()
+        self.lease_s = cfg.train.budget + cfg.train.grace + LEASE_SLACK_S
+        self._file_refs: dict[str, tuple[Any, str]] = {}  # commit -> (object ref of its files, harness digest)
+        self._last_report = 0.0
+
+    # ------------------------------------------------------------------ start and resume
+
+    def start(self, resume: bool) -> None:
+        meta = self.store.run_meta()
+        if resume:
+            requeued = self.store.requeue_all_running("controller restarted", self.cfg.workers.max_lost)
+            for job_id, outcome in requeued:
+                if outcome == "failed":
+                    self._fail_candidate(self.store.get_job(job_id).cand, "lost with its worker too many times")
+            self.report(f"resumed run {self.tag}: main line {meta['main'][:8]}, {len(requeued)} running job(s) re-queued")
+            return
+        main = self.repo.start_main_line(self.tag)
+        base = Candidate(id=self.store.next_id("c", 4), commit=main, base=main, branch=f"autoresearch/{self.tag}",
+                         description="baseline", origin="baseline", state=State.QUEUED.value, created_at=time.time())
+        self.store.add_candidate(base)
+        for _ in range(self.cfg.judge.baseline_runs):
+            self._enqueue(base, Purpose.BASELINE)
+        self.store.update_run(main=main, baseline=main, baseline_cand=base.id)
+        self.report(f"run {self.tag}: main line autoresearch/{self.tag} at {main[:8]}; "
+                    f"measuring the baseline {self.cfg.judge.baseline_runs}x on {len(self.workers)} worker(s)")
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> str:
+        """Step until done, stopped or out of time; returns why it ended."""
+        deadline = self.stats.started + self.cfg.run.hours * 3600 if self.cfg.run.hours else None
+        while True:
+            if self.stop_requested:
+                return "stopped"
+            if deadline and time.time() > deadline:
+                return "time limit reached"
+            why = self.finished()
+            if why:
+                return why
+            self.step()
+
+    def step(self) -> None:
+        self._collect(POLL_S)
+        self._reap_leases()
+        self._judge_finished()
+        self._fill_queue()
+        self._dispatch()
+        if time.time() - self._last_report > 10:
+            self.report(self.progress_line())
+            self._last_report = time.time()
+
+    def finished(self) -> str | None:
+        counts = self.store.count_by_state()
+        pending = sum(counts.get(s, 0) for s in PENDING) + counts.get(State.FINISHED.value, 0)
+        limit = self.cfg.run.max_experiments
+        if limit and self._experiments() >= limit and pending == 0 and not self.inflight:
+            return f"{limit} experiments done"
+        if self.proposer_dry >= 3 and pending == 0 and not self.inflight and self.proposal_ref is None:
+            return "the proposer has nothing new to try"
+        return None
+
+    def _experiments(self) -> int:
+        """Candidates proposed (the baseline and refused patches excluded): the experiment budget."""
+        return sum(1 for c in self.store.candidates() if c.origin != "baseline" and c.state != State.INVALID.value)
+
+    # ------------------------------------------------------------------ results
+
+    def _collect(self, timeout: float) -> None:
+        if not self.inflight:
+            time.sleep(timeout)
+            return
+        refs = {f.ref: name for name, f in self.inflight.items()}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+        for ref in ready:
+            name = refs[ref]
+            flight = self.inflight.pop(name)
+            now = time.time()
+            self.idle_since[name] = now
+            self.stats.busy_seconds += now - flight.started
+            try:
+                out = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.TaskCancelledError,
+                    ray.exceptions.RayTaskError) as e:
+                self._lost(flight.job, f"worker {name} failed: {type(e).__name__}: {str(e)[:300]}")
+                continue
+            self._record(name, flight.job, out)
+
+    def _record(self, worker: str, job: Job, out: dict[str, Any]) -> None:
+        result = Result.from_dict(out["result"])
+        log_file = self.run_dir / "logs" / f"{job.cand}-{job.id}-a{job.attempt}.log"
+        log_file.write_text(out.get("log", ""))
+        result.log_path = str(log_file)
+        try:
+            accepted = self.store.record_result(result)
+        except FencedWrite:
+            accepted = False
+        if not accepted:
+            self.report(f"refused a late result of {job.cand} (job {job.id} attempt {job.attempt}) from {worker}")
+            return
+        self.store.add_event("result", cand=job.cand, job=job.id, status=result.status, val_bpb=result.val_bpb,
+                             worker=worker)
+        if not self._open_jobs(job.cand):
+            self.store.transition(job.cand, {State.RUNNING.value, State.QUEUED.value}, State.FINISHED.value)
+        bpb = f"{result.val_bpb:.6f}" if result.val_bpb is not None else result.status
+        cand = self.store.get_candidate(job.cand)
+        self.report(f"{job.cand} [{job.purpose}] {bpb} on {worker} in {result.wall_seconds:.0f}s: {cand.description}"
+                    + (f" ({result.reason})" if result.reason and result.status != RunStatus.OK.value else ""))
+
+    def _lost(self, job: Job, reason: str) -> None:
+        outcome = self.store.requeue(job.id, job.attempt, reason, self.cfg.workers.max_lost)
+        self.store.add_event("lost", job=job.id, cand=job.cand, reason=reason, outcome=outcome)
+        if outcome == "failed":
+            self._fail_candidate(job.cand, f"{reason}; lost {self.cfg.workers.max_lost} times")
+        elif outcome == "requeued":
+            self.report(f"{job.cand}: {reason}; re-queued")
+
+    def _fail_candidate(self, cid: str, reason: str) -> None:
+        self.store.transition(cid, PENDING + (State.FINISHED.value,), State.FAILED.value,
+                              decision={"action": "fail", "reason": reason})
+        self.report(f"{cid} failed: {reason}")
+
+    def _reap_leases(self) -> None:
+        now = time.time()
+        for job in self.store.expired(now):
+            self._lost(job, f"lease expired on {job.worker}")
+            flight = self.inflight.get(job.worker or "")
+            if flight and flight.job.id == job.id:
+                flight.lost = True
+                # a stopped or hung worker: restart it; its late result (if any) is fenced anyway
+                ray.kill(self.workers[job.worker].handle, no_restart=False)
+
+    def _open_jobs(self, cid: str) -> int:
+        return sum(1 for j in self.store.queued_jobs() + self.store.running_jobs() if j.cand == cid)
+
+    # ------------------------------------------------------------------ judging
+
+    def line(self) -> judge_policy.Line:
+        main = self.store.run_meta()["main"]
+        return judge_policy.Line(commit=main, results=[r for r in self.store.results() if r.commit == main])
+
+    def _line_measuring(self, main: str) -> bool:
+        return any(j.commit == main for j in self.store.queued_jobs() + self.store.running_jobs())
+
+    def _judge_finished(self) -> None:
+        line = self.line()
+        if self._line_measuring(line.commit):
+            return  # wait for the main line's own numbers
+        decisions: list[tuple[Candidate, judge_policy.Decision]] = []
+        for cand in self.store.candidates({State.FINISHED.value}):
+            if cand.origin == "baseline" or cand.commit == line.commit:
+                self.store.transition(cand.id, {State.FINISHED.value}, State.MERGED.value,
+                                      decision={"action": "baseline", "reason": "the main line's own measurement"})
+                continue
+            results = [r for r in self.store.results(cand.id) if r.commit == cand.commit]
+            base_results = [r for r in self.store.results() if r.commit == cand.base]
+            d = judge_policy.decide(cand, results, line, self.jcfg, base_results=base_results)
+            decisions.append((cand, d))
+        merges = [(c, d) for c, d in decisions if d.action == "merge"]
+        winner = judge_policy.pick_merge([d for _, d in merges])
+        for cand, d in decisions:
+            if d.action == "merge" and cand.id != winner:
+                continue  # judged again on the new main line, next step
+            if d.action == "measure_line":
+                if not self._line_measuring(line.commit):
+                    main_cand = self._main_candidate(line.commit)
+                    for _ in range(int(d.numbers.get("line_runs_needed", 1))):
+                        self._enqueue(main_cand, Purpose.BASELINE, front=True)
+                continue  # judged once the main line's numbers are in
+            self._apply(cand, d, line)
+
+    def _apply(self, cand: Candidate, d: judge_policy.Decision, line: judge_policy.Line) -> None:
+        decision = {"action": d.action, "reason": d.reason, "numbers": d.numbers, "at": time.time()}
+        self.store.add_event("decision", cand=cand.id, **{k: v for k, v in decision.items() if k != "numbers"})
+        if d.action == "merge":
+            if not self.repo.advance_main_line(self.tag, line.commit, cand.commit):
+                self.report(f"{cand.id}: main line moved under us; judged again next step")
+                return
+            self.store.transition(cand.id, {State.FINISHED.value}, State.MERGED.value, decision=decision)
+            self.store.update_run(main=cand.commit)
+            self.report(f"MERGED {cand.id}: {cand.description} | {d.reason}")
+            self._rebase_pending(cand.commit)
+        elif d.action == "confirm":
+            self.store.transition(cand.id, {State.FINISHED.value}, State.QUEUED.value, decision=decision)
+            self._enqueue(cand, Purpose.CONFIRM, front=True)
+            self.report(f"{cand.id} looks better; confirming: {d.reason}")
+        elif d.action == "rebase":
+            if cand.meta.get("rebased_after_win"):
+                self._discard(cand, decision | {"reason": d.reason + "; already re-tested once on a newer main line"})
+            else:
+                self._rebase(cand, line.commit, decision, retest=True)
+        elif d.action == "discard":
+            self._discard(cand, decision)
+
+    def _discard(self, cand: Candidate, decision: dict[str, Any]) -> None:
+        self.store.transition(cand.id, {State.FINISHED.value}, State.DISCARDED.value, decision=decision)
+
+    def _main_candidate(self, commit: str) -> Candidate:
+        for c in self.store.candidates({State.MERGED.value}):
+            if c.commit == commit:
+                return c
+        raise RuntimeError(f"no merged candidate holds the main-line commit {commit}")
+
+    def _rebase(self, cand: Candidate, new_base: str, decision: dict[str, Any] | None, retest: bool) -> None:
+        src_state = State.FINISHED.value if retest else State.QUEUED.value
+        outcome = self.repo.rebase_candidate(cand.commit, new_base, cand.branch)
+        if outcome.status != RebaseStatus.REBASED:
+            why = "conflicts with the new main line" if outcome.status == RebaseStatus.CONFLICT else "already in the main line"
+            self.store.transition(cand.id, {src_state}, State.STALE.value,
+                                  decision={"action": "stale", "reason": why, "at": time.time()})
+            self.store.add_event("stale", cand=cand.id, reason=why)
+            self.report(f"{cand.id} is stale: {why}")
+            return
+        new = outcome.commit
+        meta = dict(cand.meta, rebased_from=cand.commit)
+        if retest:
+            meta["rebased_after_win"] = True
+        self.store.transition(cand.id, {src_state}, State.QUEUED.value, commit=new.sha, base=new_base, meta=meta,
+                              lines_added=new.lines_added, lines_removed=new.lines_removed,
+                              **({"decision": decision} if decision else {}))
+        if retest:
+            self._enqueue(Candidate.from_dict(cand.to_dict() | {"commit": new.sha}), Purpose.MEASURE)
+            self.report(f"{cand.id} beat its base; re-testing it on the new main line")
+
+    def _rebase_pending(self, new_main: str) -> None:
+        """Queued candidates move onto the new main line before any worker measures them."""
+        for job in self.store.queued_jobs():
+            cand = self.store.get_candidate(job.cand)
+            if cand.state != State.QUEUED.value or cand.base == new_main or job.purpose != Purpose.MEASURE.value:
+                continue
+            if not self.store.remove_from_queue(job.id):
+                continue  # a worker took it meanwhile: it is judged against its old base
+            self._rebase(cand, new_main, None, retest=False)
+            cand = self.store.get_candidate(cand.id)
+            if cand.state == State.QUEUED.value:
+                self._enqueue(cand, Purpose.MEASURE)
+
+    # ------------------------------------------------------------------ proposing
+
+    def _enqueue(self, cand: Candidate, purpose: Purpose, front: bool = False) -> None:
+        job = Job(id=self.store.next_id("j", 6), cand=cand.id, commit=cand.commit, purpose=purpose.value)
+        self.store.enqueue(job, front=front)
+
+    def _history(self, main: str) -> History:
+        cands = self.store.candidates()
+        outcomes = []
+        for c in cands:
+            if c.decision and c.origin not in ("baseline",) and "numbers" in c.decision:
+                n = c.decision["numbers"] or {}
+                outcomes.append(Outcome(meta=c.meta, status=n.get("status", "ok"), delta=n.get("delta"),
+                                        merged=c.state == State.MERGED.value))
+        tried = {c.meta.get("fingerprint") for c in cands if c.base == main and c.meta.get("fingerprint")}
+        best = [r.val_bpb for r in self.store.results() if r.commit == main and r.val_bpb is not None]
+        return History(base_commit=main, base_source=self.repo.read_file(main, self.cfg.run.editable),
+                       tried={t for t in tried if t}, outcomes=outcomes,
+                       pending_descriptions=[c.description for c in cands if c.state in PENDING],
+                       best_bpb=sum(best) / len(best) if best else None, baseline_bpb=None, ideas=[])
+
+    def _fill_queue(self) -> None:
+        if self.proposal_ref is not None:
+            ready, _ = ray.wait([self.proposal_ref], timeout=0)
+            if not ready:
+                return
+            ref, self.proposal_ref = self.proposal_ref, None
+            try:
+                proposals = ray.get(ref)
+            except ray.exceptions.RayError as e:
+                self.report(f"the proposer failed: {str(e)[:300]}")
+                proposals = []
+            added = sum(self._admit(p) for p in proposals)
+            self.proposer_dry = 0 if added else self.proposer_dry + 1
+        limit = self.cfg.run.max_experiments
+        room = (limit - self._experiments()) if limit else 10**9
+        want = len(self.workers) + self.cfg.proposer.queue_margin - self.store.queue_depth()
+        n = min(want, room)
+        if n > 0 and self.proposer_dry < 3 and not self.stop_requested:
+            main = self.store.run_meta()["main"]
+            self.proposal_ref = self.proposer.propose.remote(n, self._history(main))
+
+    def _admit(self, p: Proposal) -> bool:
+        """Validate a proposal and, if sound, commit it to its branch and queue it."""
+        main = self.store.run_meta()["main"]
+        cid = self.store.next_id("c", 4)
+        branch = candidate_branch(self.tag, cid)
+        meta = dict(p.meta, fingerprint=fingerprint(p.source))
+        try:
+            compile(p.source, self.cfg.run.editable, "exec")
+            made = self.repo.commit_candidate(main, p.source, branch,
+                                              f"{p.description}\n\nFarm-Candidate: {cid}\nFarm-Origin: {p.origin}\n")
+        except (SyntaxError, PatchError) as e:
+            cand = Candidate(id=cid, commit="", base=main, branch="", description=p.description, origin=p.origin,
+                             state=State.INVALID.value, created_at=time.time(), meta=meta,
+                             decision={"action": "invalid", "reason": str(e)})
+            self.store.add_candidate(cand)
+            self.report(f"{cid} refused before running: {e}")
+            return False
+        cand = Candidate(id=cid, commit=made.sha, base=main, branch=branch, description=p.description,
+                         origin=p.origin, state=State.QUEUED.value, lines_added=made.lines_added,
+                         lines_removed=made.lines_removed, created_at=time.time(), meta=meta)
+        self.store.add_candidate(cand)
+        self._enqueue(cand, Purpose.MEASURE)
+        return True
+
+    # ------------------------------------------------------------------ dispatching
+
+    def _files(self, commit: str) -> tuple[Any, str]:
+        if commit not in self._file_refs:
+            files = self.repo.tree_files(commit)
+            digest = hashlib.sha256()
+            for path in sorted(self.cfg.run.frozen):
+                digest.update(path.encode() + b"\0" + files.get(path, b"") + b"\0")
+            if len(self._file_refs) > 64:
+                self._file_refs.clear()
+            self._file_refs[commit] = (ray.put(files), digest.hexdigest())
+        return self._file_refs[commit]
+
+    def _dispatch(self) -> None:
+        if self.stop_requested:
+            return
+        for name, slot in self.workers.items():
+            if name in self.inflight:
+                continue
+            job = self.store.dispatch(name, self.lease_s)
+            if job is None:
+                return
+            self.store.transition(job.cand, {State.QUEUED.value, State.RUNNING.value}, State.RUNNING.value)
+            files_ref, digest = self._files(job.commit)
+            ref = slot.handle.run.remote(job.to_dict(), files_ref, digest)
+            now = time.time()
+            self.stats.dispatch_gaps.append(now - self.idle_since.get(name, now))
+            self.inflight[name] = InFlight(job, ref, now)
+
+    # ------------------------------------------------------------------ stopping and progress
+
+    def shutdown(self) -> None:
+        """Stop cleanly: running candidates go back to the queue; nothing is lost."""
+        for name, flight in self.inflight.items():
+            try:
+                self.workers[name].handle.cancel.remote()
+            except Exception:
+                pass
+        requeued = self.store.requeue_all_running("farm stopped", self.cfg.workers.max_lost, count_lost=False)
+        for job_id, _ in requeued:
+            job = self.store.get_job(job_id)
+            self.store.transition(job.cand, {State.RUNNING.value}, State.QUEUED.value)
+        self.inflight.clear()
+        if requeued:
+            self.report(f"{len(requeued)} running job(s) went back to the queue; `--resume` continues them")
+
+    def progress_line(self) -> str:
+        meta = self.store.run_meta() or {}
+        counts = Counter(self.store.count_by_state())
+        line_results = [r.val_bpb for r in self.store.results() if r.commit == meta.get("main") and r.val_bpb]
+        base_results = [r.val_bpb for r in self.store.results() if r.commit == meta.get("baseline") and r.val_bpb]
+        elapsed = max(time.time() - self.stats.started, 1e-9)
+        done = sum(counts[s.value] for s in (State.MERGED, State.DISCARDED, State.STALE, State.FAILED)) - 1
+        busy = (self.stats.busy_seconds + sum(time.time() - f.started for f in self.inflight.values()))
+        busy_frac = busy / (elapsed * max(len(self.workers), 1))
+        best = sum(line_results) / len(line_results) if line_results else None
+        base = sum(base_results) / len(base_results) if base_results else None
+        best_s = f"best {best:.6f}" if best else "best -"
+        if best and base:
+            best_s += f" ({best - base:+.6f} vs baseline {base:.6f})"
+        return (f"[{time.strftime('%H:%M:%S')}] {best_s} | done {max(done, 0)} (merged {counts[State.MERGED.value] - 1}) "
+                f"| running {len(self.inflight)} | queued {self.store.queue_depth()} "
+                f"| {max(done, 0) / elapsed * 3600:.1f} exp/h | workers busy {100 * busy_frac:.0f}%")

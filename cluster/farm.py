@@ -1,0 +1,133 @@
+"""Wiring for `autoresearch-farm run`: resolve the run, start its services, run the controller.
+
+A run lives in three places: its main line and candidate branches in the target repository,
+its records in Redis (an embedded server under the repository's .git directory by default, so
+the user's working tree never sees a file of ours), and its logs in the run directory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import subprocess
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import FarmConfig
+from .errors import FarmError, RepoError
+from .redis_server import EmbeddedRedis, connect
+from .repo import FarmRepo
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+def default_tag(today: dt.date | None = None) -> str:
+    """Today's date as autoresearch names its runs, e.g. nov25."""
+    d = today or dt.date.today()
+    return d.strftime("%b").lower() + str(d.day)
+
+
+def farm_home(repo: Path) -> Path:
+    """<repo>/.git/autoresearch-farm: the run dirs and the embedded Redis (worktrees share it)."""
+    try:
+        common = subprocess.run(["git", "rev-parse", "--git-common-dir"], cwd=repo, capture_output=True,
+                                text=True, check=True).stdout.strip()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        raise RepoError(f"{repo} is not a git repository; pass --repo PATH of one whose train.py the farm researches") from None
+    return (repo / common).resolve() / "autoresearch-farm"
+
+
+def _stop_if_idle(server: EmbeddedRedis, url: str, prefix: str) -> None:
+    """Stop the embedded server unless a run in it is still marked running (another farm
+    process using the same repository). Its AOF keeps everything for `--resume`."""
+    r = connect(url, retry_seconds=2)
+    try:
+        busy = [t for t in Store.list_runs(r, prefix) if (Store(r, t, prefix).run_meta() or {}).get("status") == "running"]
+    finally:
+        r.close()
+    if busy:
+        log.info("leaving the embedded Redis running: run(s) %s still use it", ", ".join(busy))
+    else:
+        server.stop()
+
+
+@dataclass
+class RunContext:
+    cfg: FarmConfig
+    tag: str
+    repo: FarmRepo
+    store: Store
+    run_dir: Path
+    redis_url: str
+
+
+def open_run(cfg: FarmConfig, stack: ExitStack, *, tag: str | None = None) -> RunContext:
+    """Open the repository and the store of a run (starting the embedded Redis when needed)."""
+    repo_path = Path(cfg.run.repo).expanduser().resolve()
+    home = farm_home(repo_path)
+    tag = tag or cfg.run.tag or default_tag()
+    repo = FarmRepo(repo_path, editable=cfg.run.editable, frozen=tuple(cfg.run.frozen))
+    stack.callback(repo.close)
+    if cfg.store.redis:
+        url = cfg.store.redis
+    else:
+        server = EmbeddedRedis(home / "redis", appendfsync=cfg.store.appendfsync)
+        url = server.start()
+        stack.callback(_stop_if_idle, server, url, cfg.store.prefix)
+    r = connect(url)
+    stack.callback(r.close)
+    run_dir = Path(cfg.run.run_dir).expanduser() if cfg.run.run_dir else home / "runs" / tag
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return RunContext(cfg, tag, repo, Store(r, tag, prefix=cfg.store.prefix), run_dir, url)
+
+
+def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], None] = print,
+             ray_address: str = "", dashboard: bool = True) -> str:
+    """Run the farm until it is done, stopped (Ctrl-C / SIGTERM) or out of time. Returns why it ended."""
+    import ray
+
+    from . import ray_glue
+    from .controller import Controller
+
+    with ExitStack() as stack:
+        ctx = open_run(cfg, stack)
+        meta = ctx.store.run_meta()
+        if resume and meta is None:
+            raise FarmError(f"no run {ctx.tag} to resume in this store; start it without --resume")
+        if not resume:
+            ctx.store.create_run({"tag": ctx.tag, "repo": str(Path(cfg.run.repo).resolve()), "created": time.time(),
+                                  "config": cfg.to_dict(), "status": "running"})
+        started_ray = ray_glue.init_ray(ray_address, dashboard=dashboard)
+        if started_ray:
+            stack.callback(ray.shutdown)
+        gpu = ray_glue.uses_gpus(cfg)
+        profile = cfg.proposer.profile if cfg.proposer.profile != "auto" else ("gpu" if gpu else "cpu")
+        workers = ray_glue.start_workers(cfg, ctx.tag, str(ctx.run_dir / "workers"))
+        stack.callback(ray_glue.kill_actors, [w.handle for w in workers])
+        proposer = ray_glue.start_proposer(cfg, ctx.tag, profile)
+        stack.callback(ray_glue.kill_actors, [proposer])
+        ctrl = Controller(cfg, ctx.tag, ctx.store, ctx.repo, workers, proposer, ctx.run_dir, report=report)
+
+        def request_stop(signum, frame):
+            if ctrl.stop_requested:
+                raise KeyboardInterrupt
+            report("stopping: running candidates go back to the queue (Ctrl-C again to abort)")
+            ctrl.stop_requested = True
+
+        old = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        stack.callback(lambda: [signal.signal(s, h) for s, h in old.items()])
+        ctx.store.update_run(status="running", redis=ctx.redis_url, run_dir=str(ctx.run_dir))
+        ctrl.start(resume)
+        try:
+            why = ctrl.run()
+        finally:
+            ctrl.shutdown()
+        ctx.store.update_run(status="stopped" if why == "stopped" else "done", ended=time.time(), why=why)
+        report(ctrl.progress_line())
+        report(f"run {ctx.tag} ended: {why}. Results: autoresearch-farm results --tag {ctx.tag}")
+        return why

@@ -1,0 +1,87 @@
+"""A run's results as tables: autoresearch's results.tsv, and the full records through pandas.
+
+results.tsv keeps the format every autoresearch tool reads: tab-separated
+`commit val_bpb memory_gb status description`, status keep / discard / crash, crashes logged as
+0.000000 and 0.0. One row per candidate in the order they finished, the baseline first;
+repeated measurements of one commit (noise floor, confirmations) fold into its row as their mean.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+
+from .model import Candidate, Result, RunStatus, State
+from .store import Store
+
+TSV_COLUMNS = ["commit", "val_bpb", "memory_gb", "status", "description"]
+
+
+def _row_status(cand: Candidate, ok: list[Result]) -> str:
+    if cand.state == State.MERGED.value:
+        return "keep"
+    if not ok:
+        return "crash"
+    return "discard"
+
+
+def tsv_rows(store: Store) -> list[dict[str, Any]]:
+    results = store.results()
+    finished_at: dict[str, float] = {}
+    for r in results:
+        finished_at.setdefault(r.cand, r.finished_at)
+    rows = []
+    cands = [c for c in store.candidates() if c.id in finished_at and c.state != State.INVALID.value]
+    cands.sort(key=lambda c: (c.origin != "baseline", finished_at[c.id]))
+    for c in cands:
+        mine = [r for r in results if r.cand == c.id and r.commit == c.commit]
+        if not mine:  # rebased and not yet measured again: report what was measured
+            mine = [r for r in results if r.cand == c.id]
+        ok = [r for r in mine if r.status == RunStatus.OK.value and r.val_bpb is not None]
+        if c.state not in (State.MERGED.value, State.DISCARDED.value, State.STALE.value, State.FAILED.value):
+            continue  # still being judged or measured: not a row yet
+        status = _row_status(c, ok)
+        bpb = sum(r.val_bpb for r in ok) / len(ok) if ok else 0.0
+        mem = max((r.peak_vram_mb or 0.0) for r in ok) / 1024 if ok else 0.0
+        rows.append({"commit": c.commit[:7], "val_bpb": f"{bpb:.6f}", "memory_gb": f"{mem:.1f}", "status": status,
+                     "description": c.description.replace("\t", " ").replace("\n", " ")})
+    return rows
+
+
+def to_tsv(store: Store) -> str:
+    lines = ["\t".join(TSV_COLUMNS)]
+    lines += ["\t".join(row[c] for c in TSV_COLUMNS) for row in tsv_rows(store)]
+    return "\n".join(lines) + "\n"
+
+
+def records(store: Store) -> pd.DataFrame:
+    """Every single measurement, joined with its candidate and the judge's decision."""
+    cands = {c.id: c for c in store.candidates()}
+    rows = []
+    for r in store.results():
+        c = cands.get(r.cand)
+        d = (c.decision or {}) if c else {}
+        rows.append({
+            "cand": r.cand, "job": r.job, "attempt": r.attempt, "purpose": r.purpose, "commit": r.commit,
+            "base": c.base if c else "", "origin": c.origin if c else "", "state": c.state if c else "",
+            "description": c.description if c else "", "status": r.status, "val_bpb": r.val_bpb,
+            "peak_vram_mb": r.peak_vram_mb, "training_seconds": r.training_seconds,
+            "wall_seconds": r.wall_seconds, "worker": r.worker, "node": r.node, "accelerator": r.accelerator,
+            "started_at": r.started_at, "finished_at": r.finished_at, "decision": d.get("action", ""),
+            "reason": d.get("reason", "") or r.reason, "lines_added": c.lines_added if c else 0,
+            "lines_removed": c.lines_removed if c else 0, "containment": r.containment, "log_path": r.log_path,
+        })
+    return pd.DataFrame(rows)
+
+
+def render(store: Store, fmt: str) -> str:
+    if fmt == "tsv":
+        return to_tsv(store)
+    df = records(store)
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    if fmt == "json":
+        return json.dumps(json.loads(df.to_json(orient="records")), indent=2) + "\n"
+    raise ValueError(f"unknown format {fmt!r}")

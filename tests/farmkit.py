@@ -1,0 +1,122 @@
+"""Helpers for the farm's end-to-end tests: a target repository, a scripted proposer, a farm.
+
+The farm parts are all real (Ray actors on a local Ray with logical GPUs, an embedded
+redis-server, git through GitPython). The one scripted part is the training command
+(tests/fixtures/scripted_train.py), so a test can plant a known improvement, crash or hang.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from contextlib import ExitStack
+from pathlib import Path
+
+import ray
+
+from cluster import ray_glue
+from cluster.config import FarmConfig
+from cluster.controller import Controller
+from cluster.farm import open_run
+from proposer.base import Proposal
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+
+def make_repo(path: Path, train_source: str | None = None) -> Path:
+    """A git repository shaped like an autoresearch target: train.py + a frozen prepare.py."""
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    (path / "train.py").write_text(train_source or (FIXTURES / "scripted_train.py").read_text())
+    (path / "prepare.py").write_text('"""frozen harness stand-in"""\n')
+    git(path, "add", "train.py", "prepare.py")
+    git(path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "baseline")
+    return path
+
+
+def set_constants(source: str, changes: dict[str, str]) -> str:
+    """Replace the literal of `NAME = literal  # comment` lines."""
+    for name, value in changes.items():
+        source, n = re.subn(rf"^({name} = )([^#\n]*?)(\s*#.*)?$", lambda m: m.group(1) + value + (m.group(3) or ""),
+                            source, count=1, flags=re.M)
+        assert n == 1, f"no constant {name}"
+    return source
+
+
+class ScriptedProposer:
+    """Proposes a fixed list of edits, in order, then nothing (the test's planted candidates)."""
+
+    def __init__(self, edits: list[tuple[str, dict[str, str]]]):
+        self.edits = list(edits)
+        self.calls: list[tuple[int, str]] = []
+
+    def propose(self, n, history):
+        self.calls.append((n, history.base_commit))
+        out = []
+        while self.edits and len(out) < n:
+            desc, changes = self.edits.pop(0)
+            out.append(Proposal(desc, set_constants(history.base_source, changes), "human", {"changes": changes}))
+        return out
+
+    def seen(self):
+        return self.calls
+
+
+def farm_config(repo: Path, **overrides) -> FarmConfig:
+    base = {
+        "run.repo": str(repo), "run.tag": "t1", "train.budget": 1.0, "train.grace": 20.0,
+        "train.prepare_command": [], "workers.count": 2, "judge.baseline_runs": 3,
+        "proposer.queue_margin": 1,
+    }
+    base.update(overrides)
+    return FarmConfig().with_overrides(base)
+
+
+class Farm:
+    """A controller wired to real services, for one test."""
+
+    def __init__(self, cfg: FarmConfig, edits, resume: bool = False):
+        self.stack = ExitStack()
+        self.cfg = cfg
+        self.ctx = open_run(cfg, self.stack)
+        if not resume:
+            self.ctx.store.create_run({"tag": self.ctx.tag, "status": "running"})
+        self.workers = ray_glue.start_workers(cfg, self.ctx.tag, str(self.ctx.run_dir / "workers"))
+        self.stack.callback(ray_glue.kill_actors, [w.handle for w in self.workers])
+        self.proposer = ray.remote(ScriptedProposer).options(num_cpus=0).remote(edits)
+        self.stack.callback(ray_glue.kill_actors, [self.proposer])
+        self.lines: list[str] = []
+        self.ctrl = Controller(cfg, self.ctx.tag, self.ctx.store, self.ctx.repo, self.workers, self.proposer,
+                               self.ctx.run_dir, report=self.lines.append)
+        self.ctrl.start(resume)
+
+    @property
+    def store(self):
+        return self.ctx.store
+
+    @property
+    def repo(self):
+        return self.ctx.repo
+
+    def run(self) -> str:
+        try:
+            return self.ctrl.run()
+        finally:
+            self.ctrl.shutdown()
+
+    def close(self):
+        self.ctx.store.update_run(status="done")
+        self.stack.close()
+
+    def by_description(self):
+        return {c.description: c for c in self.store.candidates()}
+
+
+def copy_fixture(name: str, dest: Path) -> Path:
+    shutil.copy(FIXTURES / name, dest)
+    return dest

@@ -1,0 +1,181 @@
+"""The worker: runs one candidate's training at a time on the accelerator it was given.
+
+This is a plain class; `cluster/ray_glue.py` turns it into a Ray actor pinned to one GPU (Ray
+sets CUDA_VISIBLE_DEVICES for it) or to some CPUs. It never talks to Redis or git: the controller
+hands it a job and the candidate's files and gets a result back, so a worker on any node of the
+cluster needs nothing but Ray. Caches stay warm between runs (the prepared data in the cache
+dir, the torch compile cache under the worker's root) so start-up overhead stays small.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from cluster.model import Result, RunStatus
+from worker.runner import run_training
+
+log = logging.getLogger(__name__)
+
+MAX_LOG_BYTES = 2 * 2**20  # the log shipped home per run; the tail is what matters when it is cut
+
+
+def accelerator_name(gpu_ids: list[str]) -> str:
+    """The GPU model (e.g. 'NVIDIA H100 80GB HBM3'), or 'cpu'. Asks nvidia-smi, not torch:
+    initialising CUDA here would hold memory on the GPU the training run needs."""
+    if not gpu_ids:
+        return "cpu"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", str(gpu_ids[0])],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout.strip()
+        return out.splitlines()[0].strip() if out else "cuda"
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "cuda"
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        path = (root / rel).resolve()
+        if root.resolve() not in path.parents:
+            raise ValueError(f"refusing to write outside the run directory: {rel}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def python_command(cmd: list[str]) -> list[str]:
+    """`python` in a command means the interpreter the farm runs under (a venv need not be on PATH)."""
+    if cmd and cmd[0] in ("python", "python3"):
+        return [sys.executable, *cmd[1:]]
+    return list(cmd)
+
+
+class Worker:
+    """settings: name, work_root, command, prepare_command, budget, grace, cache_dir,
+    isolate_network, env, cpu_threads (0 = leave torch's default), device ('' or 'cpu')."""
+
+    def __init__(self, settings: dict[str, Any]):
+        self.settings = dict(settings)
+        self.name = settings["name"]
+        self.root = Path(settings["work_root"]).expanduser() / self.name
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._cancel = threading.Event()
+        self._prepared_digest: str | None = None
+        self._gpu_ids = self._visible_gpus()
+        self.accelerator = accelerator_name(self._gpu_ids)
+
+    @staticmethod
+    def _visible_gpus() -> list[str]:
+        try:
+            import ray
+
+            return [str(g) for g in ray.get_gpu_ids()]
+        except Exception:  # not inside Ray (tests call the class directly)
+            cvd = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+            return [g for g in cvd.split(",") if g]
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "node": socket.gethostname(),
+            "pid": os.getpid(),
+            "gpu_ids": self._gpu_ids,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "accelerator": self.accelerator,
+        }
+
+    def _env(self) -> dict[str, str]:
+        s = self.settings
+        env = {"AUTORESEARCH_TIME_BUDGET": str(s["budget"]), "PYTHONUNBUFFERED": "1"}
+        env.update(s.get("env") or {})
+        if s.get("cache_dir"):
+            env["AUTORESEARCH_CACHE"] = str(Path(s["cache_dir"]).expanduser())
+        # compile caches survive between runs of this worker (warm start-up)
+        env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.root / "inductor-cache"))
+        env.setdefault("TRITON_CACHE_DIR", str(self.root / "triton-cache"))
+        if s.get("device"):
+            env["AUTORESEARCH_DEVICE"] = s["device"]
+        if s.get("cpu_threads"):
+            env["OMP_NUM_THREADS"] = str(int(s["cpu_threads"]))
+        if self._gpu_ids:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self._gpu_ids)
+        return env
+
+    def prepare(self, files: dict[str, bytes], digest: str) -> dict[str, Any]:
+        """Run the prepare command once per distinct frozen harness (a no-op when data is cached).
+        A file lock serialises workers of one node that share a cache directory."""
+        if self._prepared_digest == digest or not self.settings.get("prepare_command"):
+            self._prepared_digest = digest
+            return {"prepared": False}
+        where = self.root / "prepare"
+        shutil.rmtree(where, ignore_errors=True)
+        where.mkdir(parents=True)
+        write_tree(where, files)
+        cache = Path(self.settings.get("cache_dir") or "~/.cache/autoresearch").expanduser()
+        cache.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items()}
+        env.update(self._env())
+        t0 = time.time()
+        with open(cache / ".farm-prepare.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            proc = subprocess.run(
+                python_command(self.settings["prepare_command"]), cwd=where, env=env,
+                capture_output=True, text=True,
+            )
+        if proc.returncode != 0:
+            tail = (proc.stdout + proc.stderr)[-3000:]
+            raise RuntimeError(f"prepare command failed on {self.name} (exit {proc.returncode}):\n{tail}")
+        self._prepared_digest = digest
+        return {"prepared": True, "seconds": time.time() - t0}
+
+    def cancel(self) -> None:
+        """Kill the run in progress (its process tree); it reports status crash, reason cancelled."""
+        self._cancel.set()
+
+    def run(self, job: dict[str, Any], files: dict[str, bytes], harness_digest: str) -> dict[str, Any]:
+        s = self.settings
+        self._cancel.clear()
+        self.prepare(files, harness_digest)
+        run_dir = self.root / "runs" / f"{job['id']}-a{job['attempt']}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        write_tree(run_dir, files)
+        log_path = self.root / "logs" / f"{job['cand']}-{job['id']}-a{job['attempt']}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.time()
+        outcome = run_training(
+            python_command(s["command"]), run_dir,
+            log_path=log_path, budget_s=float(s["budget"]), grace_s=float(s["grace"]),
+            env_extra=self._env(), isolate_network=bool(s.get("isolate_network")), cancel=self._cancel,
+        )
+        summary = outcome.summary or {}
+
+        def num(key: str) -> float | None:
+            v = summary.get(key)
+            return float(v) if isinstance(v, (int, float)) else None
+
+        result = Result(
+            job=job["id"], cand=job["cand"], commit=job["commit"], attempt=int(job["attempt"]),
+            status=outcome.status, val_bpb=num("val_bpb") if outcome.status == RunStatus.OK.value else None,
+            peak_vram_mb=num("peak_vram_mb"), training_seconds=num("training_seconds"),
+            total_seconds=num("total_seconds"), wall_seconds=outcome.wall_seconds, exit_code=outcome.exit_code,
+            worker=self.name, node=socket.gethostname(), accelerator=self.accelerator,
+            started_at=started, finished_at=time.time(), summary=summary, log_path=str(log_path),
+            log_tail=outcome.log_tail, reason=outcome.reason, purpose=job.get("purpose", "measure"),
+            containment=",".join(outcome.containment) if not isinstance(outcome.containment, str) else outcome.containment,
+        )
+        with open(log_path, "rb") as f:
+            f.seek(max(0, log_path.stat().st_size - MAX_LOG_BYTES))
+            log_text = f.read().decode("utf-8", "replace")
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return {"result": result.to_dict(), "log": log_text}
