@@ -178,10 +178,10 @@ def from_dict(data: dict[str, Any], base: FarmConfig | None = None) -> FarmConfi
     return cfg
 
 
-def load(path: str | Path | None) -> FarmConfig:
-    """The defaults, or the defaults overlaid with a TOML file."""
+def load(path: str | Path | None, base: FarmConfig | None = None) -> FarmConfig:
+    """The defaults (or `base`), overlaid with a TOML file if one is given."""
     if path is None:
-        return FarmConfig()
+        return base or FarmConfig()
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} not found (the shipped ones are in configs/)")
@@ -190,6 +190,6 @@ def load(path: str | Path | None) -> FarmConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from None
     try:
-        return from_dict(data)
+        return from_dict(data, base)
     except ConfigError as e:
         raise ConfigError(f"{p}: {e}") from None

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -41,6 +40,7 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 PENDING = (State.PROPOSED.value, State.QUEUED.value, State.RUNNING.value)
+FINAL = (State.MERGED.value, State.DISCARDED.value, State.STALE.value, State.FAILED.value)
 LEASE_SLACK_S = 60.0  # beyond budget + grace: the runner kills at budget + grace itself
 POLL_S = 0.2
 
@@ -430,11 +430,11 @@ class Controller:
 
     def progress_line(self) -> str:
         meta = self.store.run_meta() or {}
-        counts = Counter(self.store.count_by_state())
         line_results = [r.val_bpb for r in self.store.results() if r.commit == meta.get("main") and r.val_bpb]
         base_results = [r.val_bpb for r in self.store.results() if r.commit == meta.get("baseline") and r.val_bpb]
         elapsed = max(time.time() - self.stats.started, 1e-9)
-        done = sum(counts[s.value] for s in (State.MERGED, State.DISCARDED, State.STALE, State.FAILED)) - 1
+        judged = [c for c in self.store.candidates(set(FINAL)) if c.origin != "baseline"]
+        done, merged = len(judged), sum(c.state == State.MERGED.value for c in judged)
         busy = (self.stats.busy_seconds + sum(time.time() - f.started for f in self.inflight.values()))
         busy_frac = busy / (elapsed * max(len(self.workers), 1))
         best = sum(line_results) / len(line_results) if line_results else None
@@ -442,6 +442,6 @@ class Controller:
         best_s = f"best {best:.6f}" if best else "best -"
         if best and base:
             best_s += f" ({best - base:+.6f} vs baseline {base:.6f})"
-        return (f"[{time.strftime('%H:%M:%S')}] {best_s} | done {max(done, 0)} (merged {counts[State.MERGED.value] - 1}) "
+        return (f"[{time.strftime('%H:%M:%S')}] {best_s} | done {done} (merged {merged}) "
                 f"| running {len(self.inflight)} | queued {self.store.queue_depth()} "
-                f"| {max(done, 0) / elapsed * 3600:.1f} exp/h | workers busy {100 * busy_frac:.0f}%")
+                f"| {done / elapsed * 3600:.1f} exp/h | workers busy {100 * busy_frac:.0f}%")

@@ -64,6 +64,7 @@ class RunContext:
     store: Store
     run_dir: Path
     redis_url: str
+    repo_path: Path
 
 
 def open_run(cfg: FarmConfig, stack: ExitStack, *, tag: str | None = None) -> RunContext:
@@ -83,7 +84,7 @@ def open_run(cfg: FarmConfig, stack: ExitStack, *, tag: str | None = None) -> Ru
     stack.callback(r.close)
     run_dir = Path(cfg.run.run_dir).expanduser() if cfg.run.run_dir else home / "runs" / tag
     run_dir.mkdir(parents=True, exist_ok=True)
-    return RunContext(cfg, tag, repo, Store(r, tag, prefix=cfg.store.prefix), run_dir, url)
+    return RunContext(cfg, tag, repo, Store(r, tag, prefix=cfg.store.prefix), run_dir, url, repo_path)
 
 
 def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], None] = print,
@@ -100,8 +101,9 @@ def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], N
         if resume and meta is None:
             raise FarmError(f"no run {ctx.tag} to resume in this store; start it without --resume")
         if not resume:
-            ctx.store.create_run({"tag": ctx.tag, "repo": str(Path(cfg.run.repo).resolve()), "created": time.time(),
-                                  "config": cfg.to_dict(), "status": "running"})
+            pinned = cfg.with_overrides({"run.repo": str(ctx.repo_path), "run.tag": ctx.tag})
+            ctx.store.create_run({"tag": ctx.tag, "repo": str(ctx.repo_path), "created": time.time(),
+                                  "config": pinned.to_dict(), "status": "running"})
         started_ray = ray_glue.init_ray(ray_address, dashboard=dashboard)
         if started_ray:
             stack.callback(ray.shutdown)

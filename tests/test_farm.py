@@ -5,6 +5,7 @@ git repositories and real worker subprocesses. Only the training command is scri
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import ray
@@ -76,7 +77,7 @@ def test_planted_improvement_is_confirmed_merged_and_pending_candidates_rebased(
 
 
 def test_pure_noise_is_never_merged(ray_local, repo):
-    edits = [(f"neutral {i}", {"UNUSED": str(i + 10)}) for i in range(8)]
+    edits = [(f"neutral {i}", {"UNUSED": str(i + 20)}) for i in range(8)]
     farm = Farm(farm_config(repo), edits)
     try:
         farm.run()
@@ -133,5 +134,93 @@ def test_budget_reaches_the_training_process(ray_local, repo):
         (r,) = farm.store.results()
         assert r.summary["budget_seen"] == 7.0
         assert os.path.exists(r.log_path)
+    finally:
+        farm.close()
+
+
+def _state_snapshot(store):
+    """Every candidate id with the states whose index holds it, read in one MULTI/EXEC."""
+    from cluster.model import State as S
+
+    pipe = store.r.pipeline(transaction=True)
+    pipe.zrange(store.key("cands"), 0, -1)
+    for s in S:
+        pipe.zrange(store.key("cands", "state", s.value), 0, -1)
+    ids, *per_state = pipe.execute()
+    where = {i: [] for i in ids}
+    for s, members in zip(S, per_state):
+        for m in members:
+            where.setdefault(m, []).append(s.value)
+    return where
+
+
+def test_states_stay_exclusive_and_the_main_line_only_moves_forward_to_measured_commits(ray_local, repo):
+    import threading
+
+    edits = [("win", {"BONUS": "0.05"}), ("noise", {"UNUSED": "30"}), ("win 2", {"BONUS2": "0.05"}),
+             ("noise 2", {"UNUSED": "31"})]
+    farm = Farm(farm_config(repo), edits)
+    bad, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            for cid, states in _state_snapshot(farm.store).items():
+                if len(states) != 1:
+                    bad.append((cid, states))
+            stop.wait(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        farm.run()
+    finally:
+        stop.set()
+        watcher.join()
+    try:
+        assert not bad, bad
+        by = farm.by_description()
+        assert by["win"].state == by["win 2"].state == State.MERGED.value
+        moves = git(repo, "reflog", "show", "--format=%H", "autoresearch/t1").split()[::-1]
+        assert len(moves) == 3, "created, then one move per merge"
+        measured = {r.commit for r in farm.store.results() if r.status == "ok"}
+        for old, new in zip(moves, moves[1:]):
+            assert git(repo, "merge-base", "--is-ancestor", old, new) == "", "only fast-forwards"
+            assert new in measured, "every main-line commit was measured before it became the main line"
+    finally:
+        farm.close()
+
+
+def test_a_worker_killed_mid_run_has_its_candidate_run_again_with_one_result(ray_local, repo):
+    import signal
+    import threading
+
+    farm = Farm(farm_config(repo, **{"judge.baseline_runs": 1}), [("slow", {"SLEEP": "4.0"})])
+    pids = {s.name: s.info["pid"] for s in farm.workers}
+    killed = []
+
+    def kill_when_running():
+        deadline = time.time() + 60
+        while time.time() < deadline and not killed:
+            for job in farm.store.running_jobs():
+                cand = farm.store.get_candidate(job.cand)
+                if cand.description == "slow":
+                    time.sleep(1.0)  # well inside the 4 s run
+                    os.kill(pids[job.worker], signal.SIGKILL)
+                    killed.append(job)
+                    return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=kill_when_running)
+    t.start()
+    try:
+        farm.run()
+        t.join()
+        assert killed, "the slow candidate never ran"
+        slow = farm.by_description()["slow"]
+        results = farm.store.results(slow.id)
+        assert len(results) == 1 and results[0].status == "ok"
+        assert results[0].attempt == killed[0].attempt + 1
+        assert farm.store.job_record(killed[0].id)["lost"] == 1
+        assert slow.state in (State.DISCARDED.value, State.MERGED.value)
     finally:
         farm.close()

@@ -1,0 +1,174 @@
+"""`autoresearch-farm`: run the farm, and look at a run from another terminal.
+
+    autoresearch-farm run [--config PATH] [--repo PATH] [--tag TAG] [--workers N] [--budget S]
+                          [--max-experiments N] [--hours H] [--redis URL] [--resume]
+    autoresearch-farm status  [--tag TAG] [--json]
+    autoresearch-farm results [--tag TAG] [--format tsv|csv|json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from contextlib import ExitStack
+
+from . import config as config_mod
+from .errors import FarmError
+from .model import State
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML config (see configs/); defaults are configs/default.toml's")
+    p.add_argument("--repo", help="git repository whose train.py is researched (default: the current directory)")
+    p.add_argument("--tag", help="run name (default: today's date, e.g. nov25)")
+    p.add_argument("--redis", help="redis:// or unix:// URL of the store (default: an embedded server)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log the farm's internals")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoresearch-farm", description=(
+        "Run the autoresearch loop (edit train.py, train for a fixed budget, keep what lowers val_bpb) "
+        "on every GPU of a Ray cluster."))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the farm until done, out of time, or Ctrl-C")
+    _common(run)
+    run.add_argument("--workers", type=int, help="number of workers (default: one per GPU)")
+    run.add_argument("--budget", type=float, help="training seconds per experiment")
+    run.add_argument("--max-experiments", type=int, help="stop once this many candidates have a final result")
+    run.add_argument("--hours", type=float, help="stop after this many hours")
+    run.add_argument("--resume", action="store_true", help="continue the run TAG from its stored state")
+    run.add_argument("--ray-address", default="", help="Ray cluster to use (default: RAY_ADDRESS, else a local one)")
+    run.add_argument("--no-dashboard", action="store_true", help="start a local Ray without its dashboard")
+
+    status = sub.add_parser("status", help="show a run's state")
+    _common(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    results = sub.add_parser("results", help="print a run's results")
+    _common(results)
+    results.add_argument("--format", choices=("tsv", "csv", "json"), default="tsv",
+                         help="tsv: autoresearch's results.tsv; csv/json: every measurement in full")
+    return parser
+
+
+def load_config(args: argparse.Namespace, stored: dict | None = None) -> config_mod.FarmConfig:
+    """Defaults (or a resumed run's stored config), then --config's file, then flags."""
+    base = config_mod.from_dict(stored) if stored else None
+    cfg = config_mod.load(args.config, base)
+    overrides = {
+        "run.repo": args.repo, "run.tag": args.tag, "store.redis": args.redis,
+        "workers.count": getattr(args, "workers", None), "train.budget": getattr(args, "budget", None),
+        "run.max_experiments": getattr(args, "max_experiments", None), "run.hours": getattr(args, "hours", None),
+    }
+    return cfg.with_overrides(overrides)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .farm import run_farm
+
+    cfg = load_config(args)
+    if args.resume:  # the run continues with the settings it was started with, unless flags say otherwise
+        with ExitStack() as stack:
+            from .farm import open_run
+
+            meta = open_run(cfg, stack).store.run_meta()
+        if meta and meta.get("config"):
+            cfg = load_config(args, stored=meta["config"])
+    why = run_farm(cfg, resume=args.resume, report=_say, ray_address=args.ray_address,
+                   dashboard=not args.no_dashboard)
+    return 0 if why != "stopped" else 130
+
+
+def status_dict(store) -> dict:
+    meta = store.run_meta() or {}
+    counts = store.count_by_state()
+    main = meta.get("main")
+    results = store.results()
+    line = [r.val_bpb for r in results if r.commit == main and r.val_bpb is not None]
+    base = [r.val_bpb for r in results if r.commit == meta.get("baseline") and r.val_bpb is not None]
+    board = []
+    for c in store.candidates({State.MERGED.value}):
+        vals = [r.val_bpb for r in results if r.commit == c.commit and r.val_bpb is not None]
+        if vals:
+            board.append({"cand": c.id, "commit": c.commit[:8], "val_bpb": sum(vals) / len(vals),
+                          "description": c.description})
+    return {
+        "tag": store.tag, "status": meta.get("status"), "main": main, "created": meta.get("created"),
+        "baseline_bpb": sum(base) / len(base) if base else None, "best_bpb": sum(line) / len(line) if line else None,
+        "candidates": counts, "queued": store.queue_depth(),
+        "running": [{"cand": j.cand, "job": j.id, "worker": j.worker, "attempt": j.attempt}
+                    for j in store.running_jobs()],
+        "experiments_measured": len({r.cand for r in results}), "measurements": len(results),
+        "refused_late_results": len(store.refused()), "merged": board, "why_ended": meta.get("why"),
+    }
+
+
+def _print_status(s: dict) -> None:
+    best, base = s["best_bpb"], s["baseline_bpb"]
+    print(f"run {s['tag']}: {s['status']}" + (f" ({s['why_ended']})" if s.get("why_ended") else ""))
+    if best is not None:
+        delta = f" ({best - base:+.6f} vs baseline {base:.6f})" if base is not None else ""
+        print(f"best val_bpb {best:.6f}{delta} at {s['main'][:8]}")
+    print("candidates: " + ", ".join(f"{k} {v}" for k, v in sorted(s["candidates"].items())) + f"; queued jobs {s['queued']}")
+    for r in s["running"]:
+        print(f"  running {r['cand']} on {r['worker']} (attempt {r['attempt']})")
+    for m in s["merged"]:
+        print(f"  {m['commit']} {m['val_bpb']:.6f} {m['cand']} {m['description']}")
+
+
+def _open_store(args: argparse.Namespace, stack: ExitStack):
+    from .farm import open_run
+    from .store import Store
+
+    cfg = load_config(args)
+    ctx = open_run(cfg, stack)
+    if ctx.store.run_meta() is None:
+        runs = Store.list_runs(ctx.store.r, cfg.store.prefix)
+        hint = f"runs in this store: {', '.join(runs)}" if runs else "no runs in this store yet"
+        raise FarmError(f"no run {ctx.tag!r} ({hint}); pass --tag")
+    return ctx.store
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with ExitStack() as stack:
+        s = status_dict(_open_store(args, stack))
+    if args.json:
+        print(json.dumps(s, indent=2))
+    else:
+        _print_status(s)
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from .results import render
+
+    with ExitStack() as stack:
+        sys.stdout.write(render(_open_store(args, stack), args.format))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handler = {"run": cmd_run, "status": cmd_status, "results": cmd_results}[args.command]
+    t0 = time.time()
+    try:
+        return handler(args)
+    except FarmError as e:
+        print(f"autoresearch-farm: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        logging.getLogger(__name__).info("%s took %.1fs", args.command, time.time() - t0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

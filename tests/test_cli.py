@@ -1,0 +1,95 @@
+"""`autoresearch-farm` as a user runs it: a real process with its own local Ray and embedded Redis,
+on a target repository with the scripted training command (tests/fixtures/scripted_train.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.farmkit import git, make_repo
+
+pytestmark = pytest.mark.slow
+
+CONFIG = """
+[train]
+budget = 1.0
+grace = 20.0
+prepare_command = []
+[workers]
+count = 2
+gpus_per_worker = 0.0
+[judge]
+baseline_runs = 2
+[proposer]
+exclude = ["SEED", "MODE", "SLEEP", "NOISE"]
+"""
+
+
+def farm(*args: str, cwd: Path, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, **kw)
+
+
+@pytest.fixture
+def target(tmp_path):
+    repo = make_repo(tmp_path / "target")
+    (tmp_path / "farm.toml").write_text(CONFIG)
+    return repo
+
+
+def test_run_to_max_experiments_then_status_and_results(target, tmp_path):
+    cfg = str(tmp_path / "farm.toml")
+    out = farm("run", "--config", cfg, "--tag", "T", "--max-experiments", "4", "--no-dashboard", cwd=target)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "4 experiments done" in out.stdout
+    status = farm("status", "--config", cfg, "--tag", "T", "--json", cwd=target)
+    s = json.loads(status.stdout)
+    assert s["status"] == "done"
+    assert sum(v for k, v in s["candidates"].items() if k in ("merged", "discarded", "stale", "failed")) == 5
+    tsv = farm("results", "--config", cfg, "--tag", "T", cwd=target).stdout.splitlines()
+    assert tsv[0].split("\t") == ["commit", "val_bpb", "memory_gb", "status", "description"]
+    rows = [r.split("\t") for r in tsv[1:]]
+    assert rows[0][4] == "baseline" and rows[0][3] == "keep"
+    assert len(rows) == 5
+    assert all(r[3] in ("keep", "discard", "crash") for r in rows)
+    branches = git(target, "branch", "--list", "--format=%(refname:short)").split()
+    assert "autoresearch/T" in branches
+    assert len([b for b in branches if b.startswith("candidates/T/")]) == 4
+    again = farm("run", "--config", cfg, "--tag", "T", "--no-dashboard", cwd=target)
+    assert again.returncode == 2 and "already exists" in again.stderr and "--resume" in again.stderr
+
+
+def test_ctrl_c_then_resume_loses_nothing_and_repeats_nothing(target, tmp_path):
+    cfg = str(tmp_path / "farm.toml")
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "run", "--config", cfg, "--tag", "R",
+                             "--max-experiments", "6", "--no-dashboard"], cwd=target, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen = []
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        seen.append(line)
+        if "[measure]" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, "".join(seen) + rest
+    assert "went back to the queue" in rest or "running 0" in rest
+    mid = json.loads(farm("status", "--config", cfg, "--tag", "R", "--json", cwd=target).stdout)
+    assert mid["status"] == "stopped" and mid["running"] == []
+    out = farm("run", "--config", cfg, "--tag", "R", "--resume", "--no-dashboard", cwd=target)
+    assert out.returncode == 0, out.stdout + out.stderr
+    records = json.loads(farm("results", "--config", cfg, "--tag", "R", "--format", "json", cwd=target).stdout)
+    jobs = [r["job"] for r in records]
+    assert len(jobs) == len(set(jobs)), "no job has two recorded results"
+    final = json.loads(farm("status", "--config", cfg, "--tag", "R", "--json", cwd=target).stdout)
+    assert final["candidates"]["queued"] == final["candidates"]["running"] == 0
+    measured = {r["cand"] for r in records if r["purpose"] == "measure"}
+    assert len(measured) == 6, "every proposed candidate was measured once the run resumed"
