@@ -84,6 +84,11 @@ class Controller:
         self.lease_s = cfg.train.budget + cfg.train.grace + LEASE_SLACK_S
         self._file_refs: dict[str, tuple[Any, str]] = {}  # commit -> (object ref of its files, harness digest)
         self._last_report = 0.0
+        # the controller is the only writer of results: index them in memory, loaded once
+        self._by_commit: dict[str, list[Result]] = {}
+        for r in store.results():
+            self._by_commit.setdefault(r.commit, []).append(r)
+        self._dirty = True  # something the judge should look at changed
 
     # ------------------------------------------------------------------ start and resume
 
@@ -135,15 +140,19 @@ class Controller:
         counts = self.store.count_by_state()
         pending = sum(counts.get(s, 0) for s in PENDING) + counts.get(State.FINISHED.value, 0)
         limit = self.cfg.run.max_experiments
-        if limit and self._experiments() >= limit and pending == 0 and not self.inflight:
+        if limit and self._experiments(counts) >= limit and pending == 0 and not self.inflight:
             return f"{limit} experiments done"
         if self.proposer_dry >= 3 and pending == 0 and not self.inflight and self.proposal_ref is None:
             return "the proposer has nothing new to try"
         return None
 
-    def _experiments(self) -> int:
+    def _experiments(self, counts: dict[str, int] | None = None) -> int:
         """Candidates proposed (the baseline and refused patches excluded): the experiment budget."""
-        return sum(1 for c in self.store.candidates() if c.origin != "baseline" and c.state != State.INVALID.value)
+        counts = counts if counts is not None else self.store.count_by_state()
+        return sum(counts.values()) - counts.get(State.INVALID.value, 0) - 1
+
+    def measured(self, commit: str) -> list[Result]:
+        return self._by_commit.get(commit, [])
 
     # ------------------------------------------------------------------ results
 
@@ -179,6 +188,8 @@ class Controller:
         if not accepted:
             self.report(f"refused a late result of {job.cand} (job {job.id} attempt {job.attempt}) from {worker}")
             return
+        self._by_commit.setdefault(result.commit, []).append(result)
+        self._dirty = True
         self.store.add_event("result", cand=job.cand, job=job.id, status=result.status, val_bpb=result.val_bpb,
                              worker=worker)
         if not self._open_jobs(job.cand):
@@ -218,12 +229,15 @@ class Controller:
 
     def line(self) -> judge_policy.Line:
         main = self.store.run_meta()["main"]
-        return judge_policy.Line(commit=main, results=[r for r in self.store.results() if r.commit == main])
+        return judge_policy.Line(commit=main, results=list(self.measured(main)))
 
     def _line_measuring(self, main: str) -> bool:
         return any(j.commit == main for j in self.store.queued_jobs() + self.store.running_jobs())
 
     def _judge_finished(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
         line = self.line()
         if self._line_measuring(line.commit):
             return  # wait for the main line's own numbers
@@ -233,8 +247,8 @@ class Controller:
                 self.store.transition(cand.id, {State.FINISHED.value}, State.MERGED.value,
                                       decision={"action": "baseline", "reason": "the main line's own measurement"})
                 continue
-            results = [r for r in self.store.results(cand.id) if r.commit == cand.commit]
-            base_results = [r for r in self.store.results() if r.commit == cand.base]
+            results = [r for r in self.measured(cand.commit) if r.cand == cand.id]
+            base_results = list(self.measured(cand.base))
             d = judge_policy.decide(cand, results, line, self.jcfg, base_results=base_results)
             decisions.append((cand, d))
         merges = [(c, d) for c, d in decisions if d.action == "merge"]
@@ -254,6 +268,7 @@ class Controller:
         decision = {"action": d.action, "reason": d.reason, "numbers": d.numbers, "at": time.time()}
         self.store.add_event("decision", cand=cand.id, **{k: v for k, v in decision.items() if k != "numbers"})
         if d.action == "merge":
+            self._dirty = True  # the rest are judged again against the new main line
             if not self.repo.advance_main_line(self.tag, line.commit, cand.commit):
                 self.report(f"{cand.id}: main line moved under us; judged again next step")
                 return
@@ -331,7 +346,7 @@ class Controller:
                 outcomes.append(Outcome(meta=c.meta, status=n.get("status", "ok"), delta=n.get("delta"),
                                         merged=c.state == State.MERGED.value))
         tried = {c.meta.get("fingerprint") for c in cands if c.base == main and c.meta.get("fingerprint")}
-        best = [r.val_bpb for r in self.store.results() if r.commit == main and r.val_bpb is not None]
+        best = [r.val_bpb for r in self.measured(main) if r.val_bpb is not None]
         return History(base_commit=main, base_source=self.repo.read_file(main, self.cfg.run.editable),
                        tried={t for t in tried if t}, outcomes=outcomes,
                        pending_descriptions=[c.description for c in cands if c.state in PENDING],
@@ -430,8 +445,8 @@ class Controller:
 
     def progress_line(self) -> str:
         meta = self.store.run_meta() or {}
-        line_results = [r.val_bpb for r in self.store.results() if r.commit == meta.get("main") and r.val_bpb]
-        base_results = [r.val_bpb for r in self.store.results() if r.commit == meta.get("baseline") and r.val_bpb]
+        line_results = [r.val_bpb for r in self.measured(meta.get("main", "")) if r.val_bpb]
+        base_results = [r.val_bpb for r in self.measured(meta.get("baseline", "")) if r.val_bpb]
         elapsed = max(time.time() - self.stats.started, 1e-9)
         judged = [c for c in self.store.candidates(set(FINAL)) if c.origin != "baseline"]
         done, merged = len(judged), sum(c.state == State.MERGED.value for c in judged)
