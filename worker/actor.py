@@ -44,6 +44,32 @@ def accelerator_name(gpu_ids: list[str]) -> str:
         return "cuda"
 
 
+ORPHAN_MARKER = "AUTORESEARCH_FARM_WORKER"  # in every training process's environment: <worker root>
+
+
+def reap_orphans(root: Path) -> int:
+    """Kill processes left by an earlier incarnation of this worker (one that was SIGKILLed
+    mid-run leaves its training tree running, holding the GPU). Returns how many were killed."""
+    import psutil
+
+    marker = f"{ORPHAN_MARKER}={root}".encode()
+    killed = 0
+    for pid in psutil.pids():
+        if pid == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if marker not in f.read().split(b"\0"):
+                    continue
+            os.kill(pid, 9)
+            killed += 1
+        except (OSError, ProcessLookupError):
+            continue
+    if killed:
+        log.warning("killed %d process(es) left running by an earlier incarnation of %s", killed, root.name)
+    return killed
+
+
 def write_tree(root: Path, files: dict[str, bytes]) -> None:
     for rel, data in files.items():
         path = (root / rel).resolve()
@@ -69,6 +95,7 @@ class Worker:
         self.name = settings["name"]
         self.root = Path(settings["work_root"]).expanduser() / self.name
         self.root.mkdir(parents=True, exist_ok=True)
+        self.orphans_killed = reap_orphans(self.root)
         self._cancel = threading.Event()
         self._prepared_digest: str | None = None
         self._gpu_ids = self._visible_gpus()
@@ -96,7 +123,7 @@ class Worker:
 
     def _env(self) -> dict[str, str]:
         s = self.settings
-        env = {"AUTORESEARCH_TIME_BUDGET": str(s["budget"]), "PYTHONUNBUFFERED": "1"}
+        env = {"AUTORESEARCH_TIME_BUDGET": str(s["budget"]), "PYTHONUNBUFFERED": "1", ORPHAN_MARKER: str(self.root)}
         env.update(s.get("env") or {})
         if s.get("cache_dir"):
             env["AUTORESEARCH_CACHE"] = str(Path(s["cache_dir"]).expanduser())

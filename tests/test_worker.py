@@ -1,0 +1,68 @@
+"""The worker class itself (no Ray): materialising a candidate, running it, cleaning up after a predecessor."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from worker.actor import ORPHAN_MARKER, Worker, python_command, reap_orphans
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def settings(tmp: Path, **kw) -> dict:
+    base = {"name": "w0", "work_root": str(tmp / "work"), "command": ["python", "train.py"], "prepare_command": [],
+            "budget": 2.0, "grace": 20.0, "cache_dir": "", "isolate_network": False, "env": {},
+            "cpu_threads": 1, "device": "cpu"}
+    base.update(kw)
+    return base
+
+
+def test_runs_a_candidate_from_its_files_and_reports_the_summary(tmp_path):
+    w = Worker(settings(tmp_path))
+    files = {"train.py": (FIXTURES / "scripted_train.py").read_bytes(), "prepare.py": b"", "pkg/data.txt": b"x"}
+    job = {"id": "j000001", "cand": "c0002", "commit": "abc", "attempt": 1, "purpose": "measure"}
+    out = w.run(job, files, harness_digest="d")
+    r = out["result"]
+    assert r["status"] == "ok" and 0.9 < r["val_bpb"] < 1.1
+    assert r["summary"]["budget_seen"] == 2.0
+    assert r["worker"] == "w0" and r["accelerator"] == "cpu" and r["attempt"] == 1
+    assert "val_bpb:" in out["log"] and Path(r["log_path"]).exists()
+    assert not (tmp_path / "work" / "w0" / "runs" / "j000001-a1").exists(), "the private tree is removed"
+
+
+def test_refuses_files_outside_its_directory(tmp_path):
+    w = Worker(settings(tmp_path))
+    job = {"id": "j1", "cand": "c1", "commit": "abc", "attempt": 1}
+    try:
+        w.run(job, {"../escape.py": b"x", "train.py": b""}, harness_digest="d")
+    except ValueError as e:
+        assert "outside" in str(e)
+    else:
+        raise AssertionError("a path outside the run directory was written")
+    assert not (tmp_path / "work" / "w0" / "runs" / "escape.py").exists()
+
+
+def test_a_restarted_worker_kills_what_its_predecessor_left_running(tmp_path):
+    root = tmp_path / "work" / "w0"
+    env = dict(os.environ, **{ORPHAN_MARKER: str(root)})
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], env=env)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        time.sleep(0.2)
+        Worker(settings(tmp_path))  # the restart
+        assert orphan.wait(timeout=10) == -9
+        assert bystander.poll() is None, "processes of other workers are left alone"
+        assert reap_orphans(root) == 0
+    finally:
+        for p in (orphan, bystander):
+            p.kill()
+            p.wait()
+
+
+def test_python_means_the_farms_interpreter():
+    assert python_command(["python", "train.py"]) == [sys.executable, "train.py"]
+    assert python_command(["uv", "run", "train.py"]) == ["uv", "run", "train.py"]
