@@ -53,18 +53,16 @@ class ScriptedProposer:
 
     def __init__(self, edits: list[tuple[str, dict[str, str]]]):
         self.edits = list(edits)
-        self.calls: list[tuple[int, str]] = []
 
     def propose(self, n, history):
-        self.calls.append((n, history.base_commit))
         out = []
         while self.edits and len(out) < n:
             desc, changes = self.edits.pop(0)
             out.append(Proposal(desc, set_constants(history.base_source, changes), "human", {"changes": changes}))
         return out
 
-    def seen(self):
-        return self.calls
+    def left(self) -> int:
+        return len(self.edits)
 
 
 def farm_config(repo: Path, **overrides) -> FarmConfig:

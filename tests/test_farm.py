@@ -224,3 +224,28 @@ def test_a_worker_killed_mid_run_has_its_candidate_run_again_with_one_result(ray
         assert slow.state in (State.DISCARDED.value, State.MERGED.value)
     finally:
         farm.close()
+
+
+def test_the_queue_never_runs_dry_while_workers_are_idle(ray_local, repo):
+    edits = [(f"neutral {i}", {"UNUSED": str(i + 40)}) for i in range(10)]
+    farm = Farm(farm_config(repo, **{"judge.baseline_runs": 2}), edits)
+    ctrl = farm.ctrl
+    starved, step = [], ctrl.step
+
+    def checked_step():
+        step()
+        idle = [w for w in ctrl.workers if w not in ctrl.inflight]
+        depth = farm.store.queue_depth()
+        if idle and depth:
+            starved.append(("idle worker beside a non-empty queue", idle, depth))
+        left = ray.get(farm.proposer.left.remote())
+        if left and depth + (ctrl.proposal_ref is not None) == 0:
+            starved.append(("the queue ran dry with proposals left and none asked for", left))
+
+    ctrl.step = checked_step
+    try:
+        farm.run()
+        assert not starved, starved[:3]
+        assert len(farm.store.results()) == 2 + 10
+    finally:
+        farm.close()
