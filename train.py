@@ -117,6 +117,7 @@ def norm(x):
 def apply_rotary(x, cos, sin):
     d = x.shape[-1] // 2
     x1, x2 = x[..., :d], x[..., d:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # stay in bf16 under autocast (attention kernels want one dtype)
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
 
 
@@ -139,6 +140,7 @@ class Attention(nn.Module):
         if ve is not None:
             v = v + ve_lambda * ve.view_as(v)
         q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))  # QK-norm
+        q, k = q.to(v.dtype), k.to(v.dtype)
         if self.flash is not None:
             y = self.flash.flash_attn_func(q, k, v, causal=True, window_size=(window - 1, 0))
             y = y[0] if isinstance(y, tuple) else y

@@ -43,6 +43,7 @@ PENDING = (State.PROPOSED.value, State.QUEUED.value, State.RUNNING.value)
 FINAL = (State.MERGED.value, State.DISCARDED.value, State.STALE.value, State.FAILED.value)
 LEASE_SLACK_S = 60.0  # beyond budget + grace: the runner kills at budget + grace itself
 POLL_S = 0.2
+CANCEL_WAIT_S = 30.0  # a cancelled run needs a moment to kill its tree and remove its cgroup
 
 
 @dataclass
@@ -97,8 +98,11 @@ class Controller:
         if resume:
             requeued = self.store.requeue_all_running("controller restarted", self.cfg.workers.max_lost)
             for job_id, outcome in requeued:
+                cand = self.store.get_job(job_id).cand
                 if outcome == "failed":
-                    self._fail_candidate(self.store.get_job(job_id).cand, "lost with its worker too many times")
+                    self._fail_candidate(cand, "lost with its worker too many times")
+                else:
+                    self.store.transition(cand, {State.RUNNING.value}, State.QUEUED.value)
             self.report(f"resumed run {self.tag}: main line {meta['main'][:8]}, {len(requeued)} running job(s) re-queued")
             return
         main = self.repo.start_main_line(self.tag)
@@ -430,11 +434,12 @@ class Controller:
 
     def shutdown(self) -> None:
         """Stop cleanly: running candidates go back to the queue; nothing is lost."""
-        for name, flight in self.inflight.items():
-            try:
-                self.workers[name].handle.cancel.remote()
-            except Exception:
-                pass
+        for name in self.inflight:
+            self.workers[name].handle.cancel.remote()
+        # let the cancelled runs kill their process trees and clean up before the actors go away
+        refs = [f.ref for f in self.inflight.values()]
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S)
         requeued = self.store.requeue_all_running("farm stopped", self.cfg.workers.max_lost, count_lost=False)
         for job_id, _ in requeued:
             job = self.store.get_job(job_id)

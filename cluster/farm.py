@@ -101,6 +101,13 @@ def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], N
         if resume and meta is None:
             raise FarmError(f"no run {ctx.tag} to resume in this store; start it without --resume")
         if not resume:
+            try:
+                ctx.repo.main_line(ctx.tag)
+            except RepoError:
+                pass  # no such branch yet: a new run
+            else:
+                raise RepoError(f"run tag {ctx.tag} already exists (branch autoresearch/{ctx.tag}); "
+                                f"pass --resume to continue it or choose another --tag")
             pinned = cfg.with_overrides({"run.repo": str(ctx.repo_path), "run.tag": ctx.tag})
             ctx.store.create_run({"tag": ctx.tag, "repo": str(ctx.repo_path), "created": time.time(),
                                   "config": pinned.to_dict(), "status": "running"})

@@ -72,10 +72,12 @@ def start_workers(cfg: FarmConfig, tag: str, work_root: str) -> list[WorkerSlot]
 
     n = worker_count(cfg)
     gpu = uses_gpus(cfg)
-    if cfg.workers.count and gpu:
-        have = ray.cluster_resources().get("GPU", 0)
-        if n * cfg.workers.gpus_per_worker > have:
-            raise FarmError(f"--workers {n} needs {n * cfg.workers.gpus_per_worker:g} GPUs; the cluster has {have:g}")
+    resources = ray.cluster_resources()
+    need = {"GPU": n * cfg.workers.gpus_per_worker if gpu else 0.0, "CPU": n * cfg.workers.cpus_per_worker}
+    for kind, amount in need.items():
+        if amount > resources.get(kind, 0):
+            raise FarmError(f"{n} workers need {amount:g} {kind}s ({kind.lower()}s_per_worker x workers); the cluster "
+                            f"has {resources.get(kind, 0):g}. Use fewer --workers or lower workers.{kind.lower()}s_per_worker")
     options: dict[str, Any] = {"max_restarts": -1, "max_concurrency": 2, "namespace": NAMESPACE}
     if gpu:
         options.update(num_gpus=cfg.workers.gpus_per_worker, num_cpus=cfg.workers.cpus_per_worker)

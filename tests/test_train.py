@@ -120,3 +120,27 @@ def test_same_seed_gives_the_same_loss_curve_on_cpu(small_corpus, tmp_path):
     source = (ROOT / "train.py").read_text().replace("SEED = 42 ", "SEED = 43 ")
     other = run(workdir(tmp_path, source), env, "train.py", timeout=120)
     assert losses(other.stdout)[:3] != a[:3], "and another seed a different one"
+
+
+def test_the_gpu_code_path_keeps_one_dtype_under_bf16_autocast():
+    """CUDA runs under bf16 autocast with windowed attention and value embeddings; exercise that
+    path (masks, value embeddings, both optimizers) on CPU, where bf16 autocast exists too."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    import train
+
+    cfg = train.GPTConfig(sequence_len=32, vocab_size=64, n_layer=4, n_head=2, n_embd=32, window_pattern="SSSL",
+                          value_embeds=True, softcap=15.0)
+    model = train.GPT(cfg)
+    model.init_weights()
+    assert model.windows == [16, 16, 16, 32] and model.ve_layers == [1, 3]
+    x = torch.randint(0, 64, (2, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x, x)
+        per_token = model(x, x, reduction="none")
+    loss.backward()
+    assert torch.isfinite(loss) and per_token.shape == (64,)
+    assert all(p.grad is not None for n, p in model.named_parameters() if "value_embeds" not in n or "1" in n)
+    for opt in train.build_optimizers(model):
+        opt.step()

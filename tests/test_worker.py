@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from worker.actor import ORPHAN_MARKER, Worker, python_command, reap_orphans
+from worker.sandbox import start_sandboxed
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -49,18 +50,23 @@ def test_refuses_files_outside_its_directory(tmp_path):
 def test_a_restarted_worker_kills_what_its_predecessor_left_running(tmp_path):
     root = tmp_path / "work" / "w0"
     env = dict(os.environ, **{ORPHAN_MARKER: str(root)})
-    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], env=env)
+    # as a worker SIGKILLed mid-run leaves it: the training tree in its sandbox (cgroup if available)
+    with open(tmp_path / "orphan.log", "w") as log:
+        orphan = start_sandboxed([sys.executable, "-c", "import time; time.sleep(600)"], tmp_path, env, log)
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
-        time.sleep(0.2)
-        Worker(settings(tmp_path))  # the restart
-        assert orphan.wait(timeout=10) == -9
+        time.sleep(0.3)
+        assert Worker(settings(tmp_path)).orphans_killed >= 1  # the restart
+        assert orphan.reap(timeout=10) is not None
         assert bystander.poll() is None, "processes of other workers are left alone"
+        if orphan.cgroup is not None:
+            assert not orphan.cgroup.exists(), "the orphan's cgroup is removed too"
         assert reap_orphans(root) == 0
     finally:
-        for p in (orphan, bystander):
-            p.kill()
-            p.wait()
+        bystander.kill()
+        bystander.wait()
+        orphan.kill_tree()
+        orphan.close()
 
 
 def test_python_means_the_farms_interpreter():

@@ -53,7 +53,7 @@ def reap_orphans(root: Path) -> int:
     import psutil
 
     marker = f"{ORPHAN_MARKER}={root}".encode()
-    killed = 0
+    killed, cgroups = 0, set()
     for pid in psutil.pids():
         if pid == os.getpid():
             continue
@@ -61,13 +61,36 @@ def reap_orphans(root: Path) -> int:
             with open(f"/proc/{pid}/environ", "rb") as f:
                 if marker not in f.read().split(b"\0"):
                     continue
+            with open(f"/proc/{pid}/cgroup") as f:
+                cgroups |= {line.split(":", 2)[2].strip() for line in f if line.startswith("0::")}
             os.kill(pid, 9)
             killed += 1
         except (OSError, ProcessLookupError):
             continue
+    _remove_run_cgroups(cgroups)
     if killed:
         log.warning("killed %d process(es) left running by an earlier incarnation of %s", killed, root.name)
     return killed
+
+
+def _remove_run_cgroups(paths: set[str]) -> None:
+    """rmdir the per-run cgroups the orphans were in, once they are empty (a sandbox names them)."""
+    mount = next((line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                  if " - cgroup2 " in line), None)
+    if mount is None:
+        return
+    for rel in paths:
+        cg = Path(mount) / rel.lstrip("/")
+        if not cg.name.startswith("autoresearch-run-"):
+            continue
+        for _ in range(50):
+            try:
+                cg.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:  # still has processes for a moment after SIGKILL
+                time.sleep(0.1)
 
 
 def write_tree(root: Path, files: dict[str, bytes]) -> None:
