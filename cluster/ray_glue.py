@@ -91,6 +91,7 @@ def start_workers(cfg: FarmConfig, tag: str, work_root: str) -> list[WorkerSlot]
             "name": name,
             "work_root": work_root,
             "command": list(cfg.train.command),
+            "frozen": list(cfg.run.frozen),
             "prepare_command": list(cfg.train.prepare_command),
             "budget": cfg.train.budget,
             "grace": cfg.train.grace,

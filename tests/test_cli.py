@@ -66,6 +66,15 @@ def test_run_to_max_experiments_then_status_and_results(target, tmp_path):
     assert again.returncode == 2 and "already exists" in again.stderr and "--resume" in again.stderr
 
 
+def test_a_tag_whose_branch_exists_is_refused_before_anything_is_recorded(target, tmp_path):
+    cfg = str(tmp_path / "farm.toml")
+    git(target, "branch", "autoresearch/taken")
+    out = farm("run", "--config", cfg, "--tag", "taken", "--no-dashboard", cwd=target)
+    assert out.returncode == 2 and "already exists" in out.stderr
+    status = farm("status", "--config", cfg, "--tag", "taken", cwd=target)
+    assert status.returncode == 2 and "no run 'taken'" in status.stderr
+
+
 def test_ctrl_c_then_resume_loses_nothing_and_repeats_nothing(target, tmp_path):
     cfg = str(tmp_path / "farm.toml")
     proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "run", "--config", cfg, "--tag", "R",

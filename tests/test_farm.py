@@ -249,3 +249,10 @@ def test_the_queue_never_runs_dry_while_workers_are_idle(ray_local, repo):
         assert len(farm.store.results()) == 2 + 10
     finally:
         farm.close()
+
+
+def test_more_workers_than_the_cluster_holds_is_a_clear_error(ray_local, repo):
+    from cluster.errors import FarmError
+
+    with pytest.raises(FarmError, match="8 workers need 8 GPUs.*has 4"):
+        ray_glue.start_workers(farm_config(repo, **{"workers.count": 8}), "big", str(repo / "w"))

@@ -72,3 +72,17 @@ def test_a_restarted_worker_kills_what_its_predecessor_left_running(tmp_path):
 def test_python_means_the_farms_interpreter():
     assert python_command(["python", "train.py"]) == [sys.executable, "train.py"]
     assert python_command(["uv", "run", "train.py"]) == ["uv", "run", "train.py"]
+
+
+def test_a_run_that_rewrites_the_frozen_harness_is_recorded_as_cheat(tmp_path):
+    w = Worker(settings(tmp_path, frozen=["prepare.py"]))
+    cheat = (FIXTURES / "scripted_train.py").read_text().replace(
+        "time.sleep(SLEEP)", "time.sleep(SLEEP)\nopen('prepare.py', 'w').write('def evaluate_bpb(*a): return 0.1\\n')")
+    files = {"train.py": cheat.encode(), "prepare.py": b"# frozen\n"}
+    job = {"id": "j2", "cand": "c3", "commit": "abc", "attempt": 1, "purpose": "measure"}
+    r = w.run(job, files, harness_digest="d")["result"]
+    assert r["status"] == "cheat" and "prepare.py was modified" in r["reason"]
+    assert r["val_bpb"] is None, "its printed val_bpb is not kept"
+    honest = w.run(dict(job, id="j3"), {"train.py": (FIXTURES / "scripted_train.py").read_bytes(),
+                                        "prepare.py": b"# frozen\n"}, harness_digest="d")["result"]
+    assert honest["status"] == "ok"

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from cluster.model import Result, RunStatus
 from worker.runner import run_training
@@ -100,6 +100,21 @@ def write_tree(root: Path, files: dict[str, bytes]) -> None:
             raise ValueError(f"refusing to write outside the run directory: {rel}")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+
+
+def frozen_tampering(run_dir: Path, files: dict[str, bytes], frozen: Iterable[str]) -> str | None:
+    """Why the frozen harness in run_dir is no longer what was shipped (changed, replaced by a
+    link, removed), or None. Checked after every run: a candidate may rewrite files while it runs."""
+    changed = []
+    for rel in frozen:
+        path = run_dir / rel
+        if rel not in files:
+            continue
+        if path.is_symlink() or not path.is_file():
+            changed.append(f"{rel} was replaced or removed")
+        elif path.read_bytes() != files[rel]:
+            changed.append(f"{rel} was modified")
+    return f"cheat: {'; '.join(changed)} during the run" if changed else None
 
 
 def python_command(cmd: list[str]) -> list[str]:
@@ -209,6 +224,10 @@ class Worker:
             env_extra=self._env(), isolate_network=bool(s.get("isolate_network")), cancel=self._cancel,
         )
         summary = outcome.summary or {}
+        status, reason = outcome.status, outcome.reason
+        tampered = frozen_tampering(run_dir, files, s.get("frozen") or ())
+        if tampered:  # whatever it printed, its number cannot be trusted
+            status, reason = RunStatus.CHEAT.value, tampered
 
         def num(key: str) -> float | None:
             v = summary.get(key)
@@ -216,12 +235,12 @@ class Worker:
 
         result = Result(
             job=job["id"], cand=job["cand"], commit=job["commit"], attempt=int(job["attempt"]),
-            status=outcome.status, val_bpb=num("val_bpb") if outcome.status == RunStatus.OK.value else None,
+            status=status, val_bpb=num("val_bpb") if status == RunStatus.OK.value else None,
             peak_vram_mb=num("peak_vram_mb"), training_seconds=num("training_seconds"),
             total_seconds=num("total_seconds"), wall_seconds=outcome.wall_seconds, exit_code=outcome.exit_code,
             worker=self.name, node=socket.gethostname(), accelerator=self.accelerator,
             started_at=started, finished_at=time.time(), summary=summary, log_path=str(log_path),
-            log_tail=outcome.log_tail, reason=outcome.reason, purpose=job.get("purpose", "measure"),
+            log_tail=outcome.log_tail, reason=reason, purpose=job.get("purpose", "measure"),
             containment=",".join(outcome.containment) if not isinstance(outcome.containment, str) else outcome.containment,
         )
         with open(log_path, "rb") as f:
