@@ -67,7 +67,7 @@ class RunContext:
     repo_path: Path
 
 
-def open_run(cfg: FarmConfig, stack: ExitStack, *, tag: str | None = None) -> RunContext:
+def open_run(cfg: FarmConfig, stack: ExitStack, *, tag: str | None = None, keep_alive: bool = False) -> RunContext:
     """Open the repository and the store of a run (starting the embedded Redis when needed)."""
     repo_path = Path(cfg.run.repo).expanduser().resolve()
     home = farm_home(repo_path)
@@ -80,6 +80,8 @@ def open_run(cfg: FarmConfig, stack: ExitStack, *, tag: str | None = None) -> Ru
         server = EmbeddedRedis(home / "redis", appendfsync=cfg.store.appendfsync)
         url = server.start()
         stack.callback(_stop_if_idle, server, url, cfg.store.prefix)
+        if keep_alive:
+            stack.callback(server.keep_alive())  # a killed server is restarted from its AOF
     r = connect(url)
     stack.callback(r.close)
     run_dir = Path(cfg.run.run_dir).expanduser() if cfg.run.run_dir else home / "runs" / tag
@@ -96,7 +98,7 @@ def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], N
     from .controller import Controller
 
     with ExitStack() as stack:
-        ctx = open_run(cfg, stack)
+        ctx = open_run(cfg, stack, keep_alive=True)
         meta = ctx.store.run_meta()
         if resume and meta is None:
             raise FarmError(f"no run {ctx.tag} to resume in this store; start it without --resume")

@@ -28,7 +28,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -283,6 +285,34 @@ class EmbeddedRedis:
                 )
             time.sleep(0.02)
         log.info("started redis-server pid %s on %s (appendfsync %s)", self._pid, self.url, self.appendfsync)
+
+    def keep_alive(self, interval: float = 1.0) -> Callable[[], None]:
+        """Restart the server (it replays its AOF) whenever it dies, until the returned function is
+        called. Clients made by ``connect()`` retry meanwhile, so a killed server costs a pause,
+        not the run."""
+        halt = threading.Event()
+
+        def watch() -> None:
+            while not halt.wait(interval):
+                if self._pid is None or self.running():
+                    continue
+                log.warning("redis-server pid %s is gone; restarting it from its AOF", self._pid)
+                if self._proc is not None:
+                    self._proc.poll()  # reap it
+                self._pid, self._proc = None, None
+                try:
+                    self.start()
+                except StoreError as e:
+                    log.error("could not restart redis-server: %s", e)
+
+        thread = threading.Thread(target=watch, name="redis-keep-alive", daemon=True)
+        thread.start()
+
+        def stop_watching() -> None:
+            halt.set()
+            thread.join()
+
+        return stop_watching
 
     def _wait_ready(self, client: redis.Redis) -> None:
         """Wait while the server replays its AOF (it answers LOADING until done)."""

@@ -81,7 +81,7 @@ class Farm:
     def __init__(self, cfg: FarmConfig, edits, resume: bool = False):
         self.stack = ExitStack()
         self.cfg = cfg
-        self.ctx = open_run(cfg, self.stack)
+        self.ctx = open_run(cfg, self.stack, keep_alive=True)
         if not resume:
             self.ctx.store.create_run({"tag": self.ctx.tag, "status": "running"})
         self.workers = ray_glue.start_workers(cfg, self.ctx.tag, str(self.ctx.run_dir / "workers"))

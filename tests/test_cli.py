@@ -102,3 +102,32 @@ def test_ctrl_c_then_resume_loses_nothing_and_repeats_nothing(target, tmp_path):
     assert final["candidates"]["queued"] == final["candidates"]["running"] == 0
     measured = {r["cand"] for r in records if r["purpose"] == "measure"}
     assert len(measured) == 6, "every proposed candidate was measured once the run resumed"
+
+
+def test_kill_9_of_the_farm_then_resume_loses_nothing_and_merges_nothing_twice(target, tmp_path):
+    cfg = str(tmp_path / "farm.toml")
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "run", "--config", cfg, "--tag", "K",
+                             "--max-experiments", "6", "--no-dashboard"], cwd=target, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    measured = 0
+    deadline = time.time() + 240
+    while time.time() < deadline and measured < 2:
+        measured += "[measure]" in proc.stdout.readline()
+    proc.kill()  # SIGKILL: no clean-up at all
+    proc.wait(timeout=30)
+    mid = json.loads(farm("status", "--config", cfg, "--tag", "K", "--json", cwd=target).stdout)
+    assert mid["status"] == "running", "the record still says running: nobody marked it"
+    done_before = {r["job"] for r in json.loads(
+        farm("results", "--config", cfg, "--tag", "K", "--format", "json", cwd=target).stdout)}
+    out = farm("run", "--config", cfg, "--tag", "K", "--resume", "--no-dashboard", cwd=target)
+    assert out.returncode == 0, out.stdout + out.stderr
+    records = json.loads(farm("results", "--config", cfg, "--tag", "K", "--format", "json", cwd=target).stdout)
+    jobs = [r["job"] for r in records]
+    assert len(jobs) == len(set(jobs)), "no job has two recorded results"
+    assert done_before <= set(jobs), "nothing recorded before the kill was lost"
+    final = json.loads(farm("status", "--config", cfg, "--tag", "K", "--json", cwd=target).stdout)
+    assert final["status"] == "done"
+    assert final["candidates"]["queued"] == final["candidates"]["running"] == final["candidates"]["finished"] == 0
+    assert len({r["cand"] for r in records if r["purpose"] == "measure"}) == 6
+    moves = git(target, "reflog", "show", "--format=%H", "autoresearch/K").split()
+    assert len(moves) == 1 + final["candidates"]["merged"] - 1, "one main-line move per merged candidate"

@@ -256,3 +256,37 @@ def test_more_workers_than_the_cluster_holds_is_a_clear_error(ray_local, repo):
 
     with pytest.raises(FarmError, match="8 workers need 8 GPUs.*has 4"):
         ray_glue.start_workers(farm_config(repo, **{"workers.count": 8}), "big", str(repo / "w"))
+
+
+def test_a_killed_redis_server_is_restarted_and_the_run_goes_on_with_nothing_lost(ray_local, repo):
+    import signal
+    import threading
+
+    edits = [(f"neutral {i}", {"UNUSED": str(i + 60)}) for i in range(6)]
+    farm = Farm(farm_config(repo, **{"judge.baseline_runs": 2}), edits)
+    seen_before: list[set[str]] = []
+
+    def kill_redis_midway():
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            results = farm.store.results()
+            if len(results) >= 4:
+                seen_before.append({r.job for r in results})
+                pid = int(farm.store.r.info("server")["process_id"])
+                os.kill(pid, signal.SIGKILL)
+                return
+            time.sleep(0.1)
+
+    t = threading.Thread(target=kill_redis_midway)
+    t.start()
+    try:
+        why = farm.run()
+        t.join()
+        assert seen_before, "the run ended before the kill"
+        jobs = [r.job for r in farm.store.results()]
+        assert seen_before[0] <= set(jobs), "every acknowledged result survived the restart"
+        assert len(jobs) == len(set(jobs)) == 2 + 6
+        assert why == "the proposer has nothing new to try"
+        assert all(State(c.state).final for c in farm.store.candidates())
+    finally:
+        farm.close()

@@ -112,6 +112,33 @@ def test_aof_survives_sigkill_of_the_server(servers):
     assert [j.id for j in store.queued_jobs()] == ["j1"]
 
 
+def test_keep_alive_restarts_a_killed_server_and_clients_carry_on(servers):
+    er = servers()
+    r = connect(er.start(), retry_seconds=20)
+    store = Store(r, "kept")
+    store.create_run({"main": "abc"})
+    stop_watching = er.keep_alive(interval=0.2)
+    try:
+        old = er.pid
+        os.kill(old, signal.SIGKILL)
+        assert _wait_dead(old)
+        # the same client, mid-run: its next commands wait for the restart and see every acknowledged write
+        store.enqueue(Job(id="j1", cand="c1", commit="abc"))
+        assert store.run_meta()["main"] == "abc"
+        assert [j.id for j in store.queued_jobs()] == ["j1"]
+        assert er.pid not in (None, old)
+    finally:
+        stop_watching()
+        servers.pids.add(old)  # type: ignore[attr-defined]
+
+
+def test_socket_of_a_deep_data_dir_moves_to_a_short_path(servers, tmp_path):
+    er = servers("d" * 90)
+    url = er.start()
+    assert len(url) - len("unix://") <= 107 and str(tmp_path) not in url
+    assert connect(url).ping()
+
+
 def test_second_owner_reuses_a_live_server(servers):
     a, b = servers(), servers(appendfsync="always")
     a.start()
