@@ -49,6 +49,7 @@ class WorkersConfig:
     gpus_per_worker: float = 1.0  # 0 = CPU workers
     cpus_per_worker: float = 1.0  # also the thread count a CPU worker's training uses
     max_lost: int = 3  # attempts lost with their worker before a candidate is failed as poison
+    lease_slack: float = 60.0  # a worker silent this long past budget + grace loses its job to the queue
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ _CHOICES = {
 }
 _NON_NEGATIVE = {"run.max_experiments", "run.hours", "train.grace", "workers.count", "workers.gpus_per_worker",
                  "judge.bpb_per_line", "judge.max_vram_mb", "proposer.queue_margin", "judge.min_noise"}
-_POSITIVE = {"train.budget", "workers.cpus_per_worker", "workers.max_lost",
+_POSITIVE = {"train.budget", "workers.cpus_per_worker", "workers.max_lost", "workers.lease_slack",
              "judge.baseline_runs", "judge.noise_k", "judge.default_noise"}
 
 

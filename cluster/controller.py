@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 PENDING = (State.PROPOSED.value, State.QUEUED.value, State.RUNNING.value)
 FINAL = (State.MERGED.value, State.DISCARDED.value, State.STALE.value, State.FAILED.value)
-LEASE_SLACK_S = 60.0  # beyond budget + grace: the runner kills at budget + grace itself
 POLL_S = 0.2
 CANCEL_WAIT_S = 30.0  # a cancelled run needs a moment to kill its tree and remove its cgroup
 
@@ -51,7 +50,8 @@ class InFlight:
     job: Job
     ref: Any
     started: float
-    lost: bool = False  # its lease expired and the job was re-queued; the slot waits for the ref
+    lost_at: float | None = None  # its lease expired and the job was re-queued; the slot waits for the ref
+    killed: bool = False  # the silent worker was restarted
 
 
 @dataclass
@@ -77,12 +77,14 @@ class Controller:
             max_vram_mb=cfg.judge.max_vram_mb or None,
         )
         self.inflight: dict[str, InFlight] = {}
+        self.restarting: dict[str, Any] = {}  # worker -> pending probe of a worker Ray is restarting
         self.idle_since: dict[str, float] = {name: time.time() for name in self.workers}
         self.proposal_ref: Any = None
         self.proposer_dry = 0  # consecutive proposal rounds that produced nothing new
         self.stop_requested = False
         self.stats = Stats()
-        self.lease_s = cfg.train.budget + cfg.train.grace + LEASE_SLACK_S
+        # the runner kills a run at budget + grace itself, so a healthy worker always answers in time
+        self.lease_s = cfg.train.budget + cfg.train.grace + cfg.workers.lease_slack
         self._file_refs: dict[str, tuple[Any, str]] = {}  # commit -> (object ref of its files, harness digest)
         self._last_report = 0.0
         # the controller is the only writer of results: index them in memory, loaded once
@@ -132,6 +134,7 @@ class Controller:
 
     def step(self) -> None:
         self._collect(POLL_S)
+        self._collect_probes()
         self._reap_leases()
         self._judge_finished()
         self._fill_queue()
@@ -177,6 +180,7 @@ class Controller:
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.TaskCancelledError,
                     ray.exceptions.RayTaskError) as e:
                 self._lost(flight.job, f"worker {name} failed: {type(e).__name__}: {str(e)[:300]}")
+                self._probe(name)  # Ray restarts it; no work goes to it until it answers
                 continue
             self._record(name, flight.job, out)
 
@@ -203,7 +207,28 @@ class Controller:
         self.report(f"{job.cand} [{job.purpose}] {bpb} on {worker} in {result.wall_seconds:.0f}s: {cand.description}"
                     + (f" ({result.reason})" if result.reason and result.status != RunStatus.OK.value else ""))
 
+    def _probe(self, name: str) -> None:
+        self.restarting[name] = self.workers[name].handle.info.remote()
+
+    def _collect_probes(self) -> None:
+        """Workers that crashed come back into service once they answer (Ray restarts them)."""
+        if not self.restarting:
+            return
+        refs = {ref: name for name, ref in self.restarting.items()}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+        for ref in ready:
+            name = refs[ref]
+            try:
+                self.workers[name].info = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                self._probe(name)  # still restarting: ask again
+                continue
+            del self.restarting[name]
+            self.idle_since[name] = time.time()
+            self.report(f"{name} is back")
+
     def _lost(self, job: Job, reason: str) -> None:
+        """Re-queue a job its worker did not finish (it counts towards the poison limit)."""
         outcome = self.store.requeue(job.id, job.attempt, reason, self.cfg.workers.max_lost)
         self.store.add_event("lost", job=job.id, cand=job.cand, reason=reason, outcome=outcome)
         if outcome == "failed":
@@ -217,14 +242,20 @@ class Controller:
         self.report(f"{cid} failed: {reason}")
 
     def _reap_leases(self) -> None:
+        """A worker silent past its lease (stopped, hung, cut off) loses its job to the queue. Its
+        slot waits one more lease for the call to come back (a late result is refused by the
+        attempt fence), then the worker is restarted."""
         now = time.time()
         for job in self.store.expired(now):
             self._lost(job, f"lease expired on {job.worker}")
             flight = self.inflight.get(job.worker or "")
-            if flight and flight.job.id == job.id:
-                flight.lost = True
-                # a stopped or hung worker: restart it; its late result (if any) is fenced anyway
-                ray.kill(self.workers[job.worker].handle, no_restart=False)
+            if flight and flight.job.id == job.id and flight.lost_at is None:
+                flight.lost_at = now
+        for name, flight in self.inflight.items():
+            if flight.lost_at is not None and not flight.killed and now - flight.lost_at > self.lease_s:
+                flight.killed = True
+                self.report(f"{name} is still silent; restarting it")
+                ray.kill(self.workers[name].handle, no_restart=False)
 
     def _open_jobs(self, cid: str) -> int:
         return sum(1 for j in self.store.queued_jobs() + self.store.running_jobs() if j.cand == cid)
@@ -418,7 +449,7 @@ class Controller:
         if self.stop_requested:
             return
         for name, slot in self.workers.items():
-            if name in self.inflight:
+            if name in self.inflight or name in self.restarting:
                 continue
             job = self.store.dispatch(name, self.lease_s)
             if job is None:

@@ -218,8 +218,8 @@ def test_a_worker_killed_mid_run_has_its_candidate_run_again_with_one_result(ray
         assert killed, "the slow candidate never ran"
         slow = farm.by_description()["slow"]
         results = farm.store.results(slow.id)
-        assert len(results) == 1 and results[0].status == "ok"
-        assert results[0].attempt == killed[0].attempt + 1
+        assert len(results) == 1 and results[0].status == "ok", farm.lines
+        assert results[0].attempt == killed[0].attempt + 1, "the crashed worker got no job until it was back"
         assert farm.store.job_record(killed[0].id)["lost"] == 1
         assert slow.state in (State.DISCARDED.value, State.MERGED.value)
     finally:
@@ -288,5 +288,49 @@ def test_a_killed_redis_server_is_restarted_and_the_run_goes_on_with_nothing_los
         assert len(jobs) == len(set(jobs)) == 2 + 6
         assert why == "the proposer has nothing new to try"
         assert all(State(c.state).final for c in farm.store.candidates())
+    finally:
+        farm.close()
+
+
+def test_a_worker_stopped_past_its_lease_loses_its_job_and_its_late_result_is_refused(ray_local, repo):
+    import signal
+    import threading
+
+    cfg = farm_config(repo, **{"judge.baseline_runs": 1, "train.grace": 5.0, "workers.lease_slack": 1.0})
+    farm = Farm(cfg, [("slow", {"SLEEP": "3.0"})])
+    pids = {s.name: s.info["pid"] for s in farm.workers}
+    events = []
+
+    def stop_then_continue():
+        deadline = time.time() + 90
+        stopped = None
+        while time.time() < deadline:
+            if stopped is None:
+                for job in farm.store.running_jobs():
+                    if farm.store.get_candidate(job.cand).description == "slow":
+                        time.sleep(0.5)
+                        stopped = pids[job.worker]
+                        os.kill(stopped, signal.SIGSTOP)
+                        events.append(("stopped", job.worker, job.attempt))
+                        break
+            elif any(r.attempt == 2 for r in farm.store.results()):
+                os.kill(stopped, signal.SIGCONT)
+                events.append(("continued",))
+                return
+            time.sleep(0.05)
+        if stopped:
+            os.kill(stopped, signal.SIGCONT)
+
+    t = threading.Thread(target=stop_then_continue)
+    t.start()
+    try:
+        farm.run()
+        t.join()
+        assert [e[0] for e in events] == ["stopped", "continued"], events
+        slow = farm.by_description()["slow"]
+        (result,) = farm.store.results(slow.id)
+        assert result.attempt == 2 and result.worker != events[0][1], "re-run elsewhere"
+        refused = farm.store.refused()
+        assert len(refused) == 1 and refused[0]["attempt"] == 1 and refused[0]["reason"] == "stale attempt"
     finally:
         farm.close()
