@@ -2,6 +2,7 @@
 
     autoresearch-farm run [--config PATH] [--repo PATH] [--tag TAG] [--workers N] [--budget S]
                           [--max-experiments N] [--hours H] [--redis URL] [--resume]
+    autoresearch-farm submit  [--tag TAG] (--patch FILE [--description TEXT] | --idea TEXT)
     autoresearch-farm status  [--tag TAG] [--json]
     autoresearch-farm results [--tag TAG] [--format tsv|csv|json]
 """
@@ -43,6 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the run TAG from its stored state")
     run.add_argument("--ray-address", default="", help="Ray cluster to use (default: RAY_ADDRESS, else a local one)")
     run.add_argument("--no-dashboard", action="store_true", help="start a local Ray without its dashboard")
+
+    submit = sub.add_parser("submit", help="send a human patch or idea into a run", description=(
+        "Send a candidate into a run: --patch FILE (a unified diff of train.py, validated like every "
+        "proposal, then queued) or --idea TEXT (the llm/agent proposer implements it next). The run may "
+        "be running (it picks it up within a step) or stopped (it waits for --resume)."))
+    _common(submit)
+    what = submit.add_mutually_exclusive_group(required=True)
+    what.add_argument("--patch", metavar="FILE", help="a unified diff of the editable file ('-' reads stdin)")
+    what.add_argument("--idea", metavar="TEXT", help="an idea for the LLM or agent proposer to implement")
+    submit.add_argument("--description", help="the candidate's one-line description (default: derived)")
 
     status = sub.add_parser("status", help="show a run's state")
     _common(status)
@@ -147,6 +158,43 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .errors import PatchError
+
+    with ExitStack() as stack:
+        store = _open_store(args, stack)
+        meta = store.run_meta()
+        if args.idea:
+            if meta.get("config", {}).get("proposer", {}).get("kind") == "mutate":
+                print(f"note: run {store.tag} uses the offline proposer, which does not read ideas; "
+                      "it keeps the idea for a run resumed with --config proposer.kind = llm or agent")
+            store.send("idea", args.idea)
+            print(f"idea sent to run {store.tag}")
+        else:
+            text = sys.stdin.read() if args.patch == "-" else _read(args.patch)
+            from .farm import open_repo
+
+            repo = open_repo(load_config(args), stack)
+            try:  # fail fast here; the farm checks again against the main line it has then
+                repo.apply_diff(meta["main"], text)
+            except PatchError as e:
+                raise FarmError(f"the patch does not apply to the main line of run {store.tag}: {e}") from None
+            store.send("patch", text, args.description or "")
+            print(f"patch sent to run {store.tag}")
+        if meta.get("status") != "running":
+            print(f"run {store.tag} is {meta.get('status')}: it takes this up after `autoresearch-farm run "
+                  f"--tag {store.tag} --resume`")
+    return 0
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as e:
+        raise FarmError(f"cannot read {path}: {e.strerror}") from None
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     from .results import render
 
@@ -159,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    handler = {"run": cmd_run, "status": cmd_status, "results": cmd_results}[args.command]
+    handler = {"run": cmd_run, "submit": cmd_submit, "status": cmd_status, "results": cmd_results}[args.command]
     t0 = time.time()
     try:
         return handler(args)

@@ -73,12 +73,35 @@ class JudgeSettings:
 
 @dataclass(frozen=True)
 class ProposerSettings:
-    kind: str = "mutate"  # mutate (offline search; more backends plug in here)
+    kind: str = "mutate"  # mutate (offline search) | llm (OpenAI-compatible API) | agent (coding-agent CLI)
     queue_margin: int = 2  # pending candidates kept beyond one per worker
+    # the offline search (also the fallback of llm and agent)
     seed: int = 0  # offline search seed
     profile: str = "auto"  # which constants the offline search mutates: auto | gpu | cpu
     exclude: tuple[str, ...] = ("SEED",)  # constants never mutated (fnmatch patterns)
     two_change_prob: float = 0.2  # chance that one proposal changes two constants
+    # llm and agent
+    program: str = "program.md"  # the research program, a file of the target repository
+    fallback: str = "mutate"  # who keeps the workers fed when the LLM or agent cannot: mutate | ""
+    fallback_cooldown: float = 60.0  # seconds before a failing primary is asked again
+    concurrency: int = 4  # requests (or agent runs) in flight at once
+    crash_repair: bool = True  # a crashed LLM/agent candidate gets one fix attempt from its log tail
+    history_limit: int = 20  # recent outcomes shown to the model
+    # llm
+    base_url: str = "https://api.openai.com/v1"  # any OpenAI-compatible server (vLLM, Ollama, OpenRouter ...)
+    model: str = "gpt-4.1"
+    api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the key
+    temperature: float = 0.8
+    max_tokens: int = 16384
+    request_timeout: float = 600.0  # seconds per request
+    max_retries: int = 4  # retries of timeouts, 429 and 5xx, with exponential backoff
+    backoff: float = 2.0  # first retry delay in seconds (doubles)
+    price_per_mtok_in: float = 0.0  # USD per million prompt tokens, for cost accounting
+    price_per_mtok_out: float = 0.0  # USD per million completion tokens
+    # agent
+    agent_command: tuple[str, ...] = ("opencode", "run", "{prompt}")  # also {prompt_file}, {workdir}
+    agent_timeout: float = 1800.0  # seconds before an agent run is killed
+    agent_files: tuple[str, ...] = ("prepare.py",)  # files copied next to train.py for the agent to read
 
 
 @dataclass(frozen=True)
@@ -107,13 +130,18 @@ class FarmConfig:
 
 _CHOICES = {
     "store.appendfsync": ("always", "everysec"),
-    "proposer.kind": ("mutate",),
+    "proposer.kind": ("mutate", "llm", "agent"),
+    "proposer.fallback": ("mutate", ""),
     "proposer.profile": ("auto", "gpu", "cpu"),
 }
 _NON_NEGATIVE = {"run.max_experiments", "run.hours", "train.grace", "workers.count", "workers.gpus_per_worker",
-                 "judge.bpb_per_line", "judge.max_vram_mb", "proposer.queue_margin", "judge.min_noise"}
+                 "judge.bpb_per_line", "judge.max_vram_mb", "proposer.queue_margin", "judge.min_noise",
+                 "proposer.fallback_cooldown", "proposer.history_limit", "proposer.temperature",
+                 "proposer.max_retries", "proposer.backoff", "proposer.price_per_mtok_in",
+                 "proposer.price_per_mtok_out"}
 _POSITIVE = {"train.budget", "workers.cpus_per_worker", "workers.max_lost", "workers.lease_slack",
-             "judge.baseline_runs", "judge.noise_k", "judge.default_noise"}
+             "judge.baseline_runs", "judge.noise_k", "judge.default_noise", "proposer.concurrency",
+             "proposer.max_tokens", "proposer.request_timeout", "proposer.agent_timeout"}
 
 
 def _hint(cls: type, key: str) -> Any:

@@ -27,14 +27,13 @@ from typing import Any, Callable
 
 import ray
 
-from proposer.base import History, Outcome, Proposal, fingerprint
-
 from . import judge as judge_policy
 from .config import FarmConfig
-from .errors import FencedWrite, PatchError
+from .errors import FencedWrite
+from .intake import Intake
 from .model import Candidate, Job, Purpose, Result, RunStatus, State
 from .ray_glue import WorkerSlot
-from .repo import FarmRepo, RebaseStatus, candidate_branch
+from .repo import FarmRepo, RebaseStatus
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -79,8 +78,7 @@ class Controller:
         self.inflight: dict[str, InFlight] = {}
         self.restarting: dict[str, Any] = {}  # worker -> pending probe of a worker Ray is restarting
         self.idle_since: dict[str, float] = {name: time.time() for name in self.workers}
-        self.proposal_ref: Any = None
-        self.proposer_dry = 0  # consecutive proposal rounds that produced nothing new
+        self.intake = Intake(self)
         self.stop_requested = False
         self.stats = Stats()
         # the runner kills a run at budget + grace itself, so a healthy worker always answers in time
@@ -137,7 +135,7 @@ class Controller:
         self._collect_probes()
         self._reap_leases()
         self._judge_finished()
-        self._fill_queue()
+        self.intake.step()
         self._dispatch()
         if time.time() - self._last_report > 10:
             self.report(self.progress_line())
@@ -149,8 +147,8 @@ class Controller:
         limit = self.cfg.run.max_experiments
         if limit and self._experiments(counts) >= limit and pending == 0 and not self.inflight:
             return f"{limit} experiments done"
-        if self.proposer_dry >= 3 and pending == 0 and not self.inflight and self.proposal_ref is None:
-            return "the proposer has nothing new to try"
+        if self.intake.exhausted and pending == 0 and not self.inflight:
+            return "the proposer has nothing new to try"  # (or only proposals that failed validation)
         return None
 
     def _experiments(self, counts: dict[str, int] | None = None) -> int:
@@ -325,6 +323,9 @@ class Controller:
 
     def _discard(self, cand: Candidate, decision: dict[str, Any]) -> None:
         self.store.transition(cand.id, {State.FINISHED.value}, State.DISCARDED.value, decision=decision)
+        runs = [r for r in self.measured(cand.commit) if r.cand == cand.id]
+        if runs and all(r.status == RunStatus.CRASH.value for r in runs):
+            self.intake.crashed(cand, runs[-1].log_tail)
 
     def _main_candidate(self, commit: str) -> Candidate:
         for c in self.store.candidates({State.MERGED.value}):
@@ -371,66 +372,6 @@ class Controller:
     def _enqueue(self, cand: Candidate, purpose: Purpose, front: bool = False) -> None:
         job = Job(id=self.store.next_id("j", 6), cand=cand.id, commit=cand.commit, purpose=purpose.value)
         self.store.enqueue(job, front=front)
-
-    def _history(self, main: str) -> History:
-        cands = self.store.candidates()
-        outcomes = []
-        for c in cands:
-            if c.decision and c.origin not in ("baseline",) and "numbers" in c.decision:
-                n = c.decision["numbers"] or {}
-                outcomes.append(Outcome(meta=c.meta, status=n.get("status", "ok"), delta=n.get("delta"),
-                                        merged=c.state == State.MERGED.value))
-        tried = {c.meta.get("fingerprint") for c in cands if c.base == main and c.meta.get("fingerprint")}
-        best = [r.val_bpb for r in self.measured(main) if r.val_bpb is not None]
-        return History(base_commit=main, base_source=self.repo.read_file(main, self.cfg.run.editable),
-                       tried={t for t in tried if t}, outcomes=outcomes,
-                       pending_descriptions=[c.description for c in cands if c.state in PENDING],
-                       best_bpb=sum(best) / len(best) if best else None, baseline_bpb=None, ideas=[])
-
-    def _fill_queue(self) -> None:
-        if self.proposal_ref is not None:
-            ready, _ = ray.wait([self.proposal_ref], timeout=0)
-            if not ready:
-                return
-            ref, self.proposal_ref = self.proposal_ref, None
-            try:
-                proposals = ray.get(ref)
-            except ray.exceptions.RayError as e:
-                self.report(f"the proposer failed: {str(e)[:300]}")
-                proposals = []
-            added = sum(self._admit(p) for p in proposals)
-            self.proposer_dry = 0 if added else self.proposer_dry + 1
-        limit = self.cfg.run.max_experiments
-        room = (limit - self._experiments()) if limit else 10**9
-        want = len(self.workers) + self.cfg.proposer.queue_margin - self.store.queue_depth()
-        n = min(want, room)
-        if n > 0 and self.proposer_dry < 3 and not self.stop_requested:
-            main = self.store.run_meta()["main"]
-            self.proposal_ref = self.proposer.propose.remote(n, self._history(main))
-
-    def _admit(self, p: Proposal) -> bool:
-        """Validate a proposal and, if sound, commit it to its branch and queue it."""
-        main = self.store.run_meta()["main"]
-        cid = self.store.next_id("c", 4)
-        branch = candidate_branch(self.tag, cid)
-        meta = dict(p.meta, fingerprint=fingerprint(p.source))
-        try:
-            compile(p.source, self.cfg.run.editable, "exec")
-            made = self.repo.commit_candidate(main, p.source, branch,
-                                              f"{p.description}\n\nFarm-Candidate: {cid}\nFarm-Origin: {p.origin}\n")
-        except (SyntaxError, PatchError) as e:
-            cand = Candidate(id=cid, commit="", base=main, branch="", description=p.description, origin=p.origin,
-                             state=State.INVALID.value, created_at=time.time(), meta=meta,
-                             decision={"action": "invalid", "reason": str(e)})
-            self.store.add_candidate(cand)
-            self.report(f"{cid} refused before running: {e}")
-            return False
-        cand = Candidate(id=cid, commit=made.sha, base=main, branch=branch, description=p.description,
-                         origin=p.origin, state=State.QUEUED.value, lines_added=made.lines_added,
-                         lines_removed=made.lines_removed, created_at=time.time(), meta=meta)
-        self.store.add_candidate(cand)
-        self._enqueue(cand, Purpose.MEASURE)
-        return True
 
     # ------------------------------------------------------------------ dispatching
 

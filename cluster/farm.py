@@ -67,13 +67,19 @@ class RunContext:
     repo_path: Path
 
 
+def open_repo(cfg: FarmConfig, stack: ExitStack) -> FarmRepo:
+    repo = FarmRepo(Path(cfg.run.repo).expanduser().resolve(), editable=cfg.run.editable,
+                    frozen=tuple(cfg.run.frozen))
+    stack.callback(repo.close)
+    return repo
+
+
 def open_run(cfg: FarmConfig, stack: ExitStack, *, tag: str | None = None, keep_alive: bool = False) -> RunContext:
     """Open the repository and the store of a run (starting the embedded Redis when needed)."""
     repo_path = Path(cfg.run.repo).expanduser().resolve()
     home = farm_home(repo_path)
     tag = tag or cfg.run.tag or default_tag()
-    repo = FarmRepo(repo_path, editable=cfg.run.editable, frozen=tuple(cfg.run.frozen))
-    stack.callback(repo.close)
+    repo = open_repo(cfg, stack)
     if cfg.store.redis:
         url = cfg.store.redis
     else:
@@ -87,6 +93,26 @@ def open_run(cfg: FarmConfig, stack: ExitStack, *, tag: str | None = None, keep_
     run_dir = Path(cfg.run.run_dir).expanduser() if cfg.run.run_dir else home / "runs" / tag
     run_dir.mkdir(parents=True, exist_ok=True)
     return RunContext(cfg, tag, repo, Store(r, tag, prefix=cfg.store.prefix), run_dir, url, repo_path)
+
+
+def _proposer_inputs(cfg: FarmConfig, ctx: RunContext, report: Callable[[str], None]) -> tuple[str, dict[str, str]]:
+    """The research program and the files an LLM or agent reads, from the run's start commit."""
+    if cfg.proposer.kind == "mutate":
+        return "", {}
+    start = ctx.repo.resolve("HEAD")
+    try:
+        program = ctx.repo.read_file(start, cfg.proposer.program)
+    except RepoError:
+        report(f"warning: {cfg.proposer.program} is not in the repository; the {cfg.proposer.kind} proposer "
+               "works without a research program")
+        program = ""
+    files = {}
+    for path in cfg.proposer.agent_files:
+        try:
+            files[path] = ctx.repo.read_file(start, path)
+        except RepoError:
+            report(f"warning: proposer.agent_files names {path}, which is not in the repository")
+    return program, files
 
 
 def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], None] = print,
@@ -120,7 +146,7 @@ def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], N
         profile = cfg.proposer.profile if cfg.proposer.profile != "auto" else ("gpu" if gpu else "cpu")
         workers = ray_glue.start_workers(cfg, ctx.tag, str(ctx.run_dir / "workers"))
         stack.callback(ray_glue.kill_actors, [w.handle for w in workers])
-        proposer = ray_glue.start_proposer(cfg, ctx.tag, profile)
+        proposer = ray_glue.start_proposer(cfg, ctx.tag, profile, *_proposer_inputs(cfg, ctx, report))
         stack.callback(ray_glue.kill_actors, [proposer])
         ctrl = Controller(cfg, ctx.tag, ctx.store, ctx.repo, workers, proposer, ctx.run_dir, report=report)
 

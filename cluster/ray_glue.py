@@ -8,6 +8,7 @@ workers restart after a crash (`max_restarts=-1`) while the controller re-queues
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -121,12 +122,28 @@ class ProposerActor:
     def propose(self, n: int, history: Any) -> list[Any]:
         return self.policy.propose(n, history)
 
+    def repair(self, meta: dict[str, Any], source: str, log_tail: str, tried: set[str]) -> Any:
+        """A fix for a crashed candidate, from proposers that can make one (else None)."""
+        fix = getattr(self.policy, "repair", None)
+        return fix(meta, source, log_tail, tried) if fix else None
 
-def start_proposer(cfg: FarmConfig, tag: str, profile: str) -> Any:
-    p = cfg.proposer
-    settings = {"seed": p.seed, "profile": profile, "exclude": list(p.exclude), "two_change_prob": p.two_change_prob}
-    return ray.remote(ProposerActor).options(name=f"{tag}:proposer", num_cpus=0, namespace=NAMESPACE,
-                                             max_restarts=-1).remote(p.kind, settings)
+    def status(self) -> dict[str, Any]:
+        return {"last_error": getattr(self.policy, "last_error", None),
+                "usage": dict(getattr(getattr(self.policy, "primary", self.policy), "usage", {}) or {})}
+
+
+def start_proposer(cfg: FarmConfig, tag: str, profile: str, program: str = "",
+                   files: dict[str, str] | None = None) -> Any:
+    """The proposer actor. The LLM's API key goes to it alone (never to workers), from the
+    driver's environment, since an actor on another node does not inherit it."""
+    settings = dataclasses.asdict(cfg.proposer)
+    settings.update(profile=profile, editable=cfg.run.editable, program=program, files=files or {},
+                    near_miss_bpb=cfg.judge.default_noise)
+    options: dict[str, Any] = {"name": f"{tag}:proposer", "num_cpus": 0, "namespace": NAMESPACE, "max_restarts": -1}
+    key = os.environ.get(cfg.proposer.api_key_env, "")
+    if cfg.proposer.kind == "llm" and key:
+        options["runtime_env"] = {"env_vars": {cfg.proposer.api_key_env: key}}
+    return ray.remote(ProposerActor).options(**options).remote(cfg.proposer.kind, settings)
 
 
 def kill_actors(handles: list[Any]) -> None:

@@ -28,6 +28,9 @@ Key schema (P = prefix:{tag}:)::
     P workers              set     names of every worker that ever sent a heartbeat
     P worker:<name>        string  JSON info of a live worker; expires after its heartbeat TTL
     P events               stream  audit trail {kind, at, data (JSON)}; capped at ~10000 entries
+    P inbox                list    JSON {kind: patch | idea, text, description, at} sent by `submit` to a
+                                   running farm; the controller pops them in order
+    P ideas                list    JSON {text, at, attempts} of human ideas not yet implemented
 
 A job's ``attempt`` is bumped on every dispatch; a result, a lease renewal or a requeue must
 name the current attempt (fencing), so a worker that was presumed lost and comes back late
@@ -53,7 +56,8 @@ log = logging.getLogger(__name__)
 
 JOB_STATES = ("queued", "running", "done", "failed", "removed")
 KEY_TEMPLATES = ("run", "seq:<kind>", "cand:<id>", "cands", "cands:seq", "cands:state:<state>", "job:<id>", "queue",
-                 "running", "results", "results:cand:<cand>", "refused", "workers", "worker:<name>", "events")  # fmt: skip
+                 "running", "results", "results:cand:<cand>", "refused", "workers", "worker:<name>", "events",
+                 "inbox", "ideas")  # fmt: skip
 EVENTS_MAXLEN = 10000
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _CAND_FIELDS = frozenset(Candidate.__dataclass_fields__)
@@ -416,6 +420,32 @@ class Store:
         return {n: json.loads(i) for n, i in zip(names, infos) if i is not None}
 
     # -- events --------------------------------------------------------------------------------
+    # -- inbox (submit --patch / --idea) and human ideas ------------------------------------------
+    def send(self, kind: str, text: str, description: str = "") -> None:
+        """Queue a human patch or idea for the controller of this run."""
+        if kind not in ("patch", "idea"):
+            raise StoreError(f"inbox entries are patches or ideas, not {kind!r}")
+        self.r.rpush(self.key("inbox"), json.dumps({"kind": kind, "text": text, "description": description,
+                                                     "at": time.time()}))
+
+    def receive(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Pop up to `limit` inbox entries, oldest first."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.lrange(self.key("inbox"), 0, limit - 1)
+        pipe.ltrim(self.key("inbox"), limit, -1)
+        entries, _ = pipe.execute()
+        return [json.loads(e) for e in entries]
+
+    def ideas(self) -> list[dict[str, Any]]:
+        return [json.loads(e) for e in self.r.lrange(self.key("ideas"), 0, -1)]
+
+    def set_ideas(self, ideas: list[dict[str, Any]]) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(self.key("ideas"))
+        if ideas:
+            pipe.rpush(self.key("ideas"), *[json.dumps(i) for i in ideas])
+        pipe.execute()
+
     def add_event(self, kind: str, **data: Any) -> str:
         fields = {"kind": kind, "at": repr(time.time()), "data": _json(data)}
         return self.r.xadd(self.key("events"), fields, maxlen=EVENTS_MAXLEN, approximate=True)

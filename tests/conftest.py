@@ -11,6 +11,8 @@ import socket
 import warnings
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -31,3 +33,15 @@ def pytest_configure(config):
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the suite's farm tests: 4 CPUs and 4 logical GPUs (no real GPU is used)."""
+    import ray
+
+    from cluster import ray_glue
+
+    ray.init(num_cpus=4, num_gpus=4, include_dashboard=False, namespace=ray_glue.NAMESPACE, log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -78,7 +78,8 @@ def farm_config(repo: Path, **overrides) -> FarmConfig:
 class Farm:
     """A controller wired to real services, for one test."""
 
-    def __init__(self, cfg: FarmConfig, edits, resume: bool = False):
+    def __init__(self, cfg: FarmConfig, edits=None, resume: bool = False, program: str = ""):
+        """edits: the scripted proposer's list; None = the proposer the config names (real)."""
         self.stack = ExitStack()
         self.cfg = cfg
         self.ctx = open_run(cfg, self.stack, keep_alive=True)
@@ -86,7 +87,10 @@ class Farm:
             self.ctx.store.create_run({"tag": self.ctx.tag, "status": "running"})
         self.workers = ray_glue.start_workers(cfg, self.ctx.tag, str(self.ctx.run_dir / "workers"))
         self.stack.callback(ray_glue.kill_actors, [w.handle for w in self.workers])
-        self.proposer = ray.remote(ScriptedProposer).options(num_cpus=0).remote(edits)
+        if edits is None:
+            self.proposer = ray_glue.start_proposer(cfg, self.ctx.tag, "cpu", program)
+        else:
+            self.proposer = ray.remote(ScriptedProposer).options(num_cpus=0).remote(edits)
         self.stack.callback(ray_glue.kill_actors, [self.proposer])
         self.lines: list[str] = []
         self.ctrl = Controller(cfg, self.ctx.tag, self.ctx.store, self.ctx.repo, self.workers, self.proposer,

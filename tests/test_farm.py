@@ -17,14 +17,6 @@ from tests.farmkit import Farm, farm_config, git, make_repo
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=4, num_gpus=4, include_dashboard=False, namespace=ray_glue.NAMESPACE,
-             log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture
 def repo(tmp_path):
     return make_repo(tmp_path / "target")
@@ -239,7 +231,7 @@ def test_the_queue_never_runs_dry_while_workers_are_idle(ray_local, repo):
         if idle and depth:
             starved.append(("idle worker beside a non-empty queue", idle, depth))
         left = ray.get(farm.proposer.left.remote())
-        if left and depth + (ctrl.proposal_ref is not None) == 0:
+        if left and depth + (ctrl.intake.proposal_ref is not None) == 0:
             starved.append(("the queue ran dry with proposals left and none asked for", left))
 
     ctrl.step = checked_step

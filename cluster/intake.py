@@ -1,0 +1,227 @@
+"""Intake: everything that turns ideas into queued candidates.
+
+Proposals come from the proposer actor (asked whenever the queue is short), from humans through
+the run's inbox (`autoresearch-farm submit --patch/--idea`), and as repairs of crashed LLM or
+agent candidates. Every one is validated the same way before any GPU time is spent: it compiles,
+it differs from its base, its git change touches the editable file only; a refused one is
+recorded as an `invalid` candidate with its reason, so it shows in `status` and the results.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import ray
+
+from proposer.base import History, Outcome, Proposal, fingerprint
+
+from .errors import PatchError
+from .model import Candidate, Purpose, RunStatus, State
+from .repo import RebaseStatus, candidate_branch
+
+if TYPE_CHECKING:
+    from .controller import Controller
+
+log = logging.getLogger(__name__)
+
+IDEA_ATTEMPTS = 3  # invalid implementations of a human idea before it is dropped
+DRY_ROUNDS = 3  # rounds in a row without a sound proposal, after which the proposer is not asked again
+
+
+class Intake:
+    def __init__(self, ctrl: Controller):
+        self.ctrl = ctrl
+        self.proposal_ref: Any = None
+        self.repairs: dict[Any, str] = {}  # pending repair ref -> crashed candidate id
+        self.dry = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.dry >= DRY_ROUNDS and self.proposal_ref is None and not self.repairs
+
+    # ------------------------------------------------------------------ one step
+
+    def step(self) -> None:
+        self._read_inbox()
+        self._collect_repairs()
+        self._collect_proposals()
+        self._ask()
+
+    def _ask(self) -> None:
+        c = self.ctrl
+        if self.proposal_ref is not None or self.dry >= DRY_ROUNDS or c.stop_requested:
+            return
+        limit = c.cfg.run.max_experiments
+        room = (limit - c._experiments()) if limit else 10**9
+        want = len(c.workers) + c.cfg.proposer.queue_margin - c.store.queue_depth()
+        n = min(want, room)
+        if n > 0:
+            main = c.store.run_meta()["main"]
+            self.proposal_ref = c.proposer.propose.remote(n, self.history(main))
+
+    def _collect_proposals(self) -> None:
+        if self.proposal_ref is None or not ray.wait([self.proposal_ref], timeout=0)[0]:
+            return
+        ref, self.proposal_ref = self.proposal_ref, None
+        try:
+            proposals = ray.get(ref)
+        except ray.exceptions.RayError as e:
+            self.ctrl.report(f"the proposer failed: {str(e)[:300]}")
+            proposals = []
+        admitted = sum(self.admit(p) for p in proposals)
+        # rounds without one sound proposal (none, or all refused) mean a proposer out of ideas, or
+        # one that keeps failing validation: after DRY_ROUNDS of them it is no longer asked
+        self.dry = 0 if admitted else self.dry + 1
+
+    # ------------------------------------------------------------------ admission
+
+    def admit(self, p: Proposal, base: str | None = None) -> bool:
+        """Validate a proposal and, if sound, commit it on `base` (default: the main line), move it
+        onto the main line if that has moved since, and queue it. Returns whether it was queued."""
+        c = self.ctrl
+        main = c.store.run_meta()["main"]
+        base = base or main
+        cid = c.store.next_id("c", 4)
+        branch = candidate_branch(c.tag, cid)
+        meta = dict(p.meta, fingerprint=fingerprint(p.source)) if p.source else dict(p.meta)
+        parent = p.meta.get("parent")
+        reason = p.meta.get("invalid")
+        made = None
+        if not reason:
+            try:
+                compile(p.source, c.cfg.run.editable, "exec")
+                made = c.repo.commit_candidate(base, p.source, branch,
+                                               f"{p.description}\n\nFarm-Candidate: {cid}\nFarm-Origin: {p.origin}\n")
+                if base != main:
+                    moved = c.repo.rebase_candidate(made.sha, main, branch)
+                    if moved.status != RebaseStatus.REBASED:
+                        raise PatchError(f"it conflicts with the main line, which moved since {base[:8]}")
+                    made = moved.commit
+                problem = c.repo.check_change(main, made.sha)
+                if problem:
+                    raise PatchError(problem)
+            except (SyntaxError, PatchError) as e:
+                reason = str(e)
+        self._idea_outcome(p.meta.get("idea"), accepted=not reason)
+        if reason:
+            c.store.add_candidate(Candidate(
+                id=cid, commit="", base=main, branch="", description=p.description, origin=p.origin,
+                state=State.INVALID.value, parent=parent, created_at=time.time(), meta=meta,
+                decision={"action": "invalid", "reason": reason}))
+            c.report(f"{cid} refused before running: {reason}")
+            return False
+        cand = Candidate(id=cid, commit=made.sha, base=main, branch=branch, description=p.description,
+                         origin=p.origin, state=State.QUEUED.value, parent=parent, lines_added=made.lines_added,
+                         lines_removed=made.lines_removed, created_at=time.time(), meta=meta)
+        c.store.add_candidate(cand)
+        c._enqueue(cand, Purpose.MEASURE)
+        return True
+
+    # ------------------------------------------------------------------ humans
+
+    def _read_inbox(self) -> None:
+        c = self.ctrl
+        for entry in c.store.receive():
+            if entry["kind"] == "idea":
+                ideas = c.store.ideas()
+                ideas.append({"text": entry["text"], "at": entry["at"], "attempts": 0})
+                c.store.set_ideas(ideas)
+                c.report(f"idea received, for the proposer's next round: {entry['text'][:100]}")
+                self.dry = 0  # a proposer out of ideas may have one now
+                continue
+            main = c.store.run_meta()["main"]
+            base_source = c.repo.read_file(main, c.cfg.run.editable)
+            try:
+                source = c.repo.apply_diff(main, entry["text"])
+            except PatchError as e:
+                source, meta = "", {"invalid": f"the submitted patch does not apply to the main line: {e}"}
+            else:
+                meta = {}
+            description = entry.get("description") or _describe(base_source, source)
+            self.admit(Proposal(description=description, source=source, origin="human", meta=meta))
+
+    def _idea_outcome(self, idea: str | None, accepted: bool) -> None:
+        if not idea:
+            return
+        store, kept = self.ctrl.store, []
+        for i in self.ctrl.store.ideas():
+            if i["text"] != idea:
+                kept.append(i)
+            elif not accepted and i["attempts"] + 1 < IDEA_ATTEMPTS:
+                kept.append(dict(i, attempts=i["attempts"] + 1))
+            elif not accepted:
+                self.ctrl.report(f"dropping the idea after {IDEA_ATTEMPTS} failed attempts: {idea[:100]}")
+        store.set_ideas(kept)
+
+    # ------------------------------------------------------------------ crash repair
+
+    def crashed(self, cand: Candidate, log_tail: str) -> None:
+        """A discarded candidate that crashed: ask for one fix, if its proposer marked it repairable."""
+        c = self.ctrl
+        if not (c.cfg.proposer.crash_repair and cand.meta.get("repairable")) or cand.parent:
+            return
+        if cand.meta.get("repair_requested"):
+            return
+        c.store.update_candidate(cand.id, meta=dict(cand.meta, repair_requested=True))
+        source = c.repo.read_file(cand.commit, c.cfg.run.editable)
+        tried = {x.meta.get("fingerprint") for x in c.store.candidates() if x.meta.get("fingerprint")}
+        ref = c.proposer.repair.remote(dict(cand.meta, candidate=cand.id, description=cand.description),
+                                       source, log_tail, tried)
+        self.repairs[ref] = cand.id
+        c.report(f"{cand.id} crashed; asking the proposer for one fix")
+
+    def _collect_repairs(self) -> None:
+        if not self.repairs:
+            return
+        ready, _ = ray.wait(list(self.repairs), num_returns=len(self.repairs), timeout=0)
+        for ref in ready:
+            cid = self.repairs.pop(ref)
+            try:
+                fix = ray.get(ref)
+            except ray.exceptions.RayError as e:
+                self.ctrl.report(f"the repair of {cid} failed: {str(e)[:300]}")
+                continue
+            if fix is None:
+                continue
+            crashed = self.ctrl.store.get_candidate(cid)
+            fix.meta = dict(fix.meta, parent=cid)
+            self.admit(fix, base=crashed.base)
+
+    # ------------------------------------------------------------------ history for the proposer
+
+    def history(self, main: str) -> History:
+        c = self.ctrl
+        cands = c.store.candidates()
+        outcomes = []
+        for cand in cands:
+            if cand.origin == "baseline" or not cand.decision or cand.state not in (
+                    State.MERGED.value, State.DISCARDED.value, State.STALE.value):
+                continue
+            runs = [r for r in c.measured(cand.commit) if r.cand == cand.id]
+            status = RunStatus.OK.value if any(r.status == RunStatus.OK.value for r in runs) else (
+                runs[-1].status if runs else cand.state)
+            tail = next((r.log_tail for r in reversed(runs) if r.status != RunStatus.OK.value), "")
+            numbers = cand.decision.get("numbers") or {}
+            outcomes.append(Outcome(meta=dict(cand.meta, description=cand.description, candidate=cand.id,
+                                              log_tail=tail),
+                                    status=status, delta=numbers.get("delta"),
+                                    merged=cand.state == State.MERGED.value))
+        tried = {x.meta.get("fingerprint") for x in cands if x.base == main and x.meta.get("fingerprint")}
+        meta = c.store.run_meta()
+        best = [r.val_bpb for r in c.measured(main) if r.val_bpb is not None]
+        base = [r.val_bpb for r in c.measured(meta.get("baseline", "")) if r.val_bpb is not None]
+        return History(base_commit=main, base_source=c.repo.read_file(main, c.cfg.run.editable),
+                       tried={t for t in tried if t}, outcomes=outcomes,
+                       pending_descriptions=[x.description for x in cands if x.state in
+                                             (State.QUEUED.value, State.RUNNING.value, State.FINISHED.value)],
+                       best_bpb=sum(best) / len(best) if best else None,
+                       baseline_bpb=sum(base) / len(base) if base else None,
+                       ideas=[i["text"] for i in c.store.ideas()])
+
+
+def _describe(base: str, new: str) -> str:
+    from proposer.prompts import derive_description
+
+    return derive_description(base, new) if new else "submitted patch"
