@@ -492,7 +492,7 @@ def _edits(a: list[bytes], b: list[bytes]) -> list[tuple[int, int, list[bytes]]]
 
 
 def _clash(x: tuple[int, int, list[bytes]], y: tuple[int, int, list[bytes]]) -> bool:
-    (s1, e1, r1), (s2, e2, r2) = x, y
+    (s1, e1, _), (s2, e2, _) = x, y
     if x == y:
         return False  # the same edit made on both sides
     if s1 == e1 and s2 == e2:

@@ -4,7 +4,6 @@ on a target repository with the scripted training command (tests/fixtures/script
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
