@@ -2,6 +2,7 @@
 
     autoresearch-farm run [--config PATH] [--repo PATH] [--tag TAG] [--workers N] [--budget S]
                           [--max-experiments N] [--hours H] [--redis URL] [--resume]
+                          [--proposer mutate|llm|agent] [--base-url URL] [--model NAME]
     autoresearch-farm submit  [--tag TAG] (--patch FILE [--description TEXT] | --idea TEXT)
     autoresearch-farm status  [--tag TAG] [--json]
     autoresearch-farm results [--tag TAG] [--format tsv|csv|json]
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-experiments", type=int, help="stop once this many candidates have a final result")
     run.add_argument("--hours", type=float, help="stop after this many hours")
     run.add_argument("--resume", action="store_true", help="continue the run TAG from its stored state")
+    run.add_argument("--proposer", choices=("mutate", "llm", "agent"), help="who writes the candidates")
+    run.add_argument("--base-url", help="the llm proposer's OpenAI-compatible endpoint")
+    run.add_argument("--model", help="the llm proposer's model")
     run.add_argument("--ray-address", default="", help="Ray cluster to use (default: RAY_ADDRESS, else a local one)")
     run.add_argument("--no-dashboard", action="store_true", help="start a local Ray without its dashboard")
 
@@ -74,6 +78,8 @@ def load_config(args: argparse.Namespace, stored: dict | None = None) -> config_
         "run.repo": args.repo, "run.tag": args.tag, "store.redis": args.redis,
         "workers.count": getattr(args, "workers", None), "train.budget": getattr(args, "budget", None),
         "run.max_experiments": getattr(args, "max_experiments", None), "run.hours": getattr(args, "hours", None),
+        "proposer.kind": getattr(args, "proposer", None), "proposer.base_url": getattr(args, "base_url", None),
+        "proposer.model": getattr(args, "model", None),
     }
     return cfg.with_overrides(overrides)
 
@@ -99,6 +105,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def status_dict(store) -> dict:
+    from .results import costs
+
     meta = store.run_meta() or {}
     counts = store.count_by_state()
     main = meta.get("main")
@@ -119,6 +127,7 @@ def status_dict(store) -> dict:
                     for j in store.running_jobs()],
         "experiments_measured": len({r.cand for r in results}), "measurements": len(results),
         "refused_late_results": len(store.refused()), "merged": board, "why_ended": meta.get("why"),
+        "cost": costs(store),
     }
 
 
@@ -133,6 +142,13 @@ def _print_status(s: dict) -> None:
         print(f"  running {r['cand']} on {r['worker']} (attempt {r['attempt']})")
     for m in s["merged"]:
         print(f"  {m['commit']} {m['val_bpb']:.6f} {m['cand']} {m['description']}")
+    c = s["cost"]
+    line = (f"cost: {c['gpu_hours']:.2f} GPU-h, {c['worker_hours']:.2f} worker-h, "
+            f"{c['prompt_tokens'] + c['completion_tokens']:,} LLM tokens, ${c['usd']:.2f}")
+    for what, label in (("per_experiment", "experiment"), ("per_merged", "merged improvement")):
+        if c[what]:
+            line += f"; per {label}: {c[what]['gpu_hours']:.2f} GPU-h, ${c[what]['usd']:.2f}"
+    print(line)
 
 
 def _open_store(args: argparse.Namespace, stack: ExitStack):

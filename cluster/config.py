@@ -48,6 +48,7 @@ class WorkersConfig:
     count: int = 0  # 0 = one per GPU in the cluster; without GPUs, one CPU worker per cpus_per_worker cores (at most 4)
     gpus_per_worker: float = 1.0  # 0 = CPU workers
     cpus_per_worker: float = 1.0  # also the thread count a CPU worker's training uses
+    price_per_gpu_hour: float = 0.0  # USD, for cost accounting (per experiment, per merged improvement)
     max_lost: int = 3  # attempts lost with their worker before a candidate is failed as poison
     lease_slack: float = 60.0  # a worker silent this long past budget + grace loses its job to the queue
 
@@ -74,6 +75,7 @@ class JudgeSettings:
 @dataclass(frozen=True)
 class ProposerSettings:
     kind: str = "mutate"  # mutate (offline search) | llm (OpenAI-compatible API) | agent (coding-agent CLI)
+    mix: dict[str, float] = field(default_factory=dict)  # e.g. {llm = 0.7, mutate = 0.3}; {} = kind alone
     queue_margin: int = 2  # pending candidates kept beyond one per worker
     # the offline search (also the fallback of llm and agent)
     seed: int = 0  # offline search seed
@@ -138,7 +140,7 @@ _NON_NEGATIVE = {"run.max_experiments", "run.hours", "train.grace", "workers.cou
                  "judge.bpb_per_line", "judge.max_vram_mb", "proposer.queue_margin", "judge.min_noise",
                  "proposer.fallback_cooldown", "proposer.history_limit", "proposer.temperature",
                  "proposer.max_retries", "proposer.backoff", "proposer.price_per_mtok_in",
-                 "proposer.price_per_mtok_out"}
+                 "proposer.price_per_mtok_out", "workers.price_per_gpu_hour"}
 _POSITIVE = {"train.budget", "workers.cpus_per_worker", "workers.max_lost", "workers.lease_slack",
              "judge.baseline_runs", "judge.noise_k", "judge.default_noise", "proposer.concurrency",
              "proposer.max_tokens", "proposer.request_timeout", "proposer.agent_timeout"}
@@ -160,9 +162,17 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
             raise ConfigError(f"{name} must be a list of strings, got {value!r}")
         value = tuple(value)
     elif origin is dict:
-        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            raise ConfigError(f"{name} must be a table of strings, got {value!r}")
-        value = dict(value)
+        kind = get_args(hint)[1]
+        if kind is float:
+            ok = isinstance(value, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                                                 for v in value.values())
+            if not ok:
+                raise ConfigError(f"{name} must be a table of non-negative numbers, got {value!r}")
+            value = {str(k): float(v) for k, v in value.items()}
+        else:
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                raise ConfigError(f"{name} must be a table of strings, got {value!r}")
+            value = dict(value)
     elif hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{name} must be true or false, got {value!r}")
@@ -178,6 +188,9 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
             raise ConfigError(f"{name} must be a string, got {value!r}")
     else:  # pragma: no cover - every field above has one of these types
         raise ConfigError(f"{name}: unsupported type {hint} {get_args(hint)}")
+    if name == "proposer.mix" and not set(value) <= set(_CHOICES["proposer.kind"]):
+        raise ConfigError(f"{name} keys must be proposer kinds ({', '.join(_CHOICES['proposer.kind'])}), "
+                          f"got {', '.join(sorted(value))}")
     if name in _CHOICES and value not in _CHOICES[name]:
         raise ConfigError(f"{name} must be one of {', '.join(_CHOICES[name])}, got {value!r}")
     if name in _NON_NEGATIVE and value < 0:

@@ -167,7 +167,8 @@ class Intake:
         c.store.update_candidate(cand.id, meta=dict(cand.meta, repair_requested=True))
         source = c.repo.read_file(cand.commit, c.cfg.run.editable)
         tried = {x.meta.get("fingerprint") for x in c.store.candidates() if x.meta.get("fingerprint")}
-        ref = c.proposer.repair.remote(dict(cand.meta, candidate=cand.id, description=cand.description),
+        ref = c.proposer.repair.remote(dict(cand.meta, candidate=cand.id, description=cand.description,
+                                            origin=cand.origin),
                                        source, log_tail, tried)
         self.repairs[ref] = cand.id
         c.report(f"{cand.id} crashed; asking the proposer for one fix")

@@ -56,9 +56,50 @@ def to_tsv(store: Store) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _gpus_per_worker(store: Store) -> float:
+    return float(((store.run_meta() or {}).get("config") or {}).get("workers", {}).get("gpus_per_worker", 1.0))
+
+
+def gpu_seconds(r: Result, gpus_per_worker: float) -> float:
+    """GPU time a measurement held (0 for a run on a CPU worker)."""
+    return 0.0 if r.accelerator == "cpu" else r.wall_seconds * gpus_per_worker
+
+
+def tokens(c: Candidate) -> tuple[int, int]:
+    t = c.meta.get("tokens") or {}
+    return int(t.get("prompt", 0)), int(t.get("completion", 0))
+
+
+def costs(store: Store) -> dict[str, Any]:
+    """GPU-hours and LLM tokens of the whole run (baseline, confirmations, refused proposals
+    included), in USD where the run's config has prices, per experiment and per merged improvement."""
+    cfg = (store.run_meta() or {}).get("config") or {}
+    gpus = _gpus_per_worker(store)
+    results = store.results()
+    cands = store.candidates()
+    gpu_hours = sum(gpu_seconds(r, gpus) for r in results) / 3600
+    worker_hours = sum(r.wall_seconds for r in results) / 3600
+    prompt = sum(tokens(c)[0] for c in cands)
+    completion = sum(tokens(c)[1] for c in cands)
+    experiments = sum(1 for c in cands if c.origin != "baseline" and State(c.state).final
+                      and c.state != State.INVALID.value)
+    merged = sum(1 for c in cands if c.origin != "baseline" and c.state == State.MERGED.value)
+    p = cfg.get("proposer", {})
+    usd = (gpu_hours * float(cfg.get("workers", {}).get("price_per_gpu_hour", 0.0))
+           + prompt / 1e6 * float(p.get("price_per_mtok_in", 0.0))
+           + completion / 1e6 * float(p.get("price_per_mtok_out", 0.0)))
+    out = {"gpu_hours": gpu_hours, "worker_hours": worker_hours, "prompt_tokens": prompt,
+           "completion_tokens": completion, "usd": usd, "experiments": experiments, "merged": merged}
+    for what, n in (("per_experiment", experiments), ("per_merged", merged)):
+        out[what] = {"gpu_hours": gpu_hours / n, "tokens": (prompt + completion) / n, "usd": usd / n} if n else None
+    return out
+
+
 def records(store: Store) -> pd.DataFrame:
-    """Every single measurement, joined with its candidate and the judge's decision."""
+    """Every single measurement, joined with its candidate and the judge's decision. The
+    candidate's LLM tokens repeat on each of its rows; its GPU time is per row."""
     cands = {c.id: c for c in store.candidates()}
+    gpus = _gpus_per_worker(store)
     rows = []
     for r in store.results():
         c = cands.get(r.cand)
@@ -72,6 +113,8 @@ def records(store: Store) -> pd.DataFrame:
             "started_at": r.started_at, "finished_at": r.finished_at, "decision": d.get("action", ""),
             "reason": d.get("reason", "") or r.reason, "lines_added": c.lines_added if c else 0,
             "lines_removed": c.lines_removed if c else 0, "containment": r.containment, "log_path": r.log_path,
+            "gpu_seconds": gpu_seconds(r, gpus), "llm_prompt_tokens": tokens(c)[0] if c else 0,
+            "llm_completion_tokens": tokens(c)[1] if c else 0,
         })
     return pd.DataFrame(rows)
 

@@ -14,6 +14,16 @@ KINDS = ("mutate", "llm", "agent")
 
 
 def make_proposer(kind: str, settings: dict[str, Any]):
+    """The proposer `kind` names; with settings["mix"] ({kind: weight}), a weighted mix of kinds."""
+    mix = settings.get("mix") or {}
+    if mix:
+        from .mix import MixProposer
+
+        unknown = [k for k in mix if k not in KINDS]
+        if unknown:
+            raise ValueError(f"proposer.mix names unknown kinds {unknown}; known: {', '.join(KINDS)}")
+        plain = dict(settings, mix={})
+        return MixProposer([(make_proposer(k, plain), float(w)) for k, w in mix.items()])
     if kind == "mutate":
         from .mutate import MutateProposer
 

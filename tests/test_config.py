@@ -64,3 +64,12 @@ def test_int_is_accepted_where_a_float_is_wanted(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text("[train]\nbudget = 30\n")
     assert config.load(p).train.budget == 30.0
+
+
+def test_proposer_mix_takes_weights_of_known_kinds(tmp_path):
+    p = tmp_path / "mix.toml"
+    p.write_text("[proposer]\nmix = { llm = 0.7, mutate = 0.3 }\n")
+    assert config.load(p).proposer.mix == {"llm": 0.7, "mutate": 0.3}
+    p.write_text("[proposer]\nmix = { llama = 1.0 }\n")
+    with pytest.raises(ConfigError, match="proposer.mix keys must be proposer kinds"):
+        config.load(p)

@@ -117,3 +117,43 @@ def test_submit_command_checks_the_patch_and_queues_it_for_a_stopped_run(ray_loc
         resumed.close()
     assert json.loads(subprocess.run([sys.executable, "-m", "cluster.cli", "status", "--repo", str(repo), "--tag", "t1",
                                       "--json"], capture_output=True, text=True).stdout)["status"] == "done"
+
+
+def test_run_with_the_llm_flags_records_origin_tokens_and_cost(tmp_path):
+    """The issue's command line, against a loopback server that answers per the contract."""
+    repo = make_repo(tmp_path / "target")
+    counter = iter(range(10**6))
+
+    def respond(body, index):
+        k = next(counter)
+        return text(f"Neutral change {k}\n```diff\n" + diff_setting(repo, "UNUSED", "10", str(200 + k)) + "```")
+
+    cfg = tmp_path / "farm.toml"
+    cfg.write_text("[train]\nbudget = 1.0\ngrace = 20.0\nprepare_command = []\n"
+                   "[workers]\ngpus_per_worker = 0.0\nprice_per_gpu_hour = 2.0\n[judge]\nbaseline_runs = 2\n"
+                   "[proposer]\nfallback = \"\"\nprice_per_mtok_in = 1.0\nprice_per_mtok_out = 4.0\n")
+    with OpenAIStub(responder=respond) as stub:
+        run = subprocess.run([sys.executable, "-m", "cluster.cli", "run", "--config", str(cfg), "--proposer", "llm",
+                              "--base-url", stub.url, "--model", "stub-model", "--workers", "2", "--budget", "1",
+                              "--max-experiments", "4", "--tag", "L", "--no-dashboard"],
+                             cwd=repo, capture_output=True, text=True, timeout=300)
+        requests = len(stub.requests)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "4 experiments done" in run.stdout
+    base = [sys.executable, "-m", "cluster.cli"]
+    status = json.loads(subprocess.run(base + ["status", "--config", str(cfg), "--tag", "L", "--json"], cwd=repo,
+                                       capture_output=True, text=True).stdout)
+    cost = status["cost"]
+    answered = sum(status["candidates"].values()) - 1  # every answer became a candidate (the baseline aside)
+    assert 4 <= answered <= requests
+    assert cost["prompt_tokens"] == 100 * answered and cost["completion_tokens"] == 50 * answered
+    assert cost["gpu_hours"] == 0.0, "CPU workers hold no GPU"
+    assert cost["usd"] == pytest.approx((100 * answered * 1.0 + 50 * answered * 4.0) / 1e6)
+    assert cost["per_experiment"]["usd"] == pytest.approx(cost["usd"] / 4)
+    rows = json.loads(subprocess.run(base + ["results", "--config", str(cfg), "--tag", "L", "--format", "json"],
+                                     cwd=repo, capture_output=True, text=True).stdout)
+    measured = [r for r in rows if r["purpose"] == "measure"]
+    assert len(measured) == 4 and all(r["origin"] == "llm" and r["llm_prompt_tokens"] == 100 for r in measured)
+    human = subprocess.run(base + ["status", "--config", str(cfg), "--tag", "L"], cwd=repo, capture_output=True,
+                           text=True).stdout
+    assert "per experiment" in human and "LLM tokens" in human
