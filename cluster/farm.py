@@ -19,7 +19,7 @@ from typing import Callable
 
 from .config import FarmConfig
 from .errors import FarmError, RepoError
-from .redis_server import EmbeddedRedis, connect
+from .redis_server import EmbeddedRedis, check_exposure, connect
 from .repo import FarmRepo
 from .store import Store
 
@@ -82,6 +82,7 @@ def open_run(cfg: FarmConfig, stack: ExitStack, *, tag: str | None = None, keep_
     repo = open_repo(cfg, stack)
     if cfg.store.redis:
         url = cfg.store.redis
+        check_exposure(url)
     else:
         server = EmbeddedRedis(home / "redis", appendfsync=cfg.store.appendfsync)
         url = server.start()

@@ -114,9 +114,11 @@ def start_workers(cfg: FarmConfig, tag: str, work_root: str) -> list[WorkerSlot]
 class ProposerActor:
     """Holds a proposer policy in its own process, so slow proposers (LLMs) never stall the loop."""
 
-    def __init__(self, kind: str, settings: dict[str, Any]):
+    def __init__(self, kind: str, settings: dict[str, Any], secrets: dict[str, str] | None = None):
         from proposer import make_proposer
 
+        # an API key arrives as an argument, not in the runtime_env, which the dashboard displays
+        os.environ.update(secrets or {})
         self.policy = make_proposer(kind, settings)
 
     def propose(self, n: int, history: Any) -> list[Any]:
@@ -134,16 +136,15 @@ class ProposerActor:
 
 def start_proposer(cfg: FarmConfig, tag: str, profile: str, program: str = "",
                    files: dict[str, str] | None = None) -> Any:
-    """The proposer actor. The LLM's API key goes to it alone (never to workers), from the
-    driver's environment, since an actor on another node does not inherit it."""
+    """The proposer actor. The LLM's API key goes to it alone (never to workers, never into a
+    record), from the driver's environment, since an actor on another node does not inherit it."""
     settings = dataclasses.asdict(cfg.proposer)
     settings.update(profile=profile, editable=cfg.run.editable, program=program, files=files or {},
                     near_miss_bpb=cfg.judge.default_noise)
     options: dict[str, Any] = {"name": f"{tag}:proposer", "num_cpus": 0, "namespace": NAMESPACE, "max_restarts": -1}
     key = os.environ.get(cfg.proposer.api_key_env, "")
-    if cfg.proposer.kind == "llm" and key:
-        options["runtime_env"] = {"env_vars": {cfg.proposer.api_key_env: key}}
-    return ray.remote(ProposerActor).options(**options).remote(cfg.proposer.kind, settings)
+    secrets = {cfg.proposer.api_key_env: key} if key else {}
+    return ray.remote(ProposerActor).options(**options).remote(cfg.proposer.kind, settings, secrets)
 
 
 def kill_actors(handles: list[Any]) -> None:

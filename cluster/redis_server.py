@@ -400,6 +400,21 @@ def _retries_for(seconds: float, base: float, cap: float) -> int:
     return n
 
 
+def check_exposure(url: str) -> None:
+    """Refuse a TCP Redis off loopback without a password: the queue and every record would be
+    open to the network (the embedded server listens on a unix socket only)."""
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    if u.scheme not in ("redis", "rediss"):
+        return
+    host = (u.hostname or "localhost").lower()
+    loopback = host in ("localhost", "::1") or host.startswith("127.")
+    if not loopback and not u.password:
+        raise StoreError(f"refusing Redis at {host}:{u.port or 6379} without a password: set `requirepass` on the "
+                         f"server and pass --redis redis://:PASSWORD@{host}:{u.port or 6379}/0")
+
+
 def connect(
     url: str,
     *,

@@ -29,7 +29,8 @@ def diff_setting(repo, name: str, old: str, new: str) -> str:
     return out.replace("a/tmp_train.py", "a/train.py").replace("b/tmp_train.py", "b/train.py")
 
 
-def test_llm_candidates_crash_repair_and_invalid_answers_flow_through_the_farm(ray_local, tmp_path):
+def test_llm_candidates_crash_repair_and_invalid_answers_flow_through_the_farm(ray_local, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-123")
     repo = make_repo(tmp_path / "target")
     crash = diff_setting(repo, "MODE", '"ok"', '"crash"')
     fresh = iter(range(10**6))
@@ -60,6 +61,8 @@ def test_llm_candidates_crash_repair_and_invalid_answers_flow_through_the_farm(r
             cands = [c for c in farm.store.candidates() if c.origin != "baseline"]
             crash_results = [r.status for r in farm.store.results(next(
                 c for c in cands if c.description == "Try a crash").id)]
+            everything = {k: farm.store.r.dump(k) for k in farm.store.r.scan_iter(f"{farm.store.p}*")}
+            secrets_seen = {r.summary.get("secret_seen") for r in farm.store.results() if r.status == "ok"}
         finally:
             farm.close()
     assert why == "4 experiments done"
@@ -73,6 +76,9 @@ def test_llm_candidates_crash_repair_and_invalid_answers_flow_through_the_farm(r
     assert len(invalid) == 1 and "no ```diff or ```python block" in invalid[0].decision["reason"]
     assert invalid[0].meta["rounds"] == 2, "refused only after one repair round"
     assert stub.bodies()[0]["model"] == "stub-model"
+    assert stub.requests[0]["headers"]["authorization"] == "Bearer sk-test-secret-123", "the proposer has the key"
+    assert secrets_seen == {"no"}, "no training run sees it"
+    assert not any(b"sk-test-secret-123" in (v or b"") for v in everything.values()), "no record holds it"
     assert "Lower val_bpb." in stub.bodies()[0]["messages"][0]["content"] + stub.bodies()[0]["messages"][-1]["content"]
 
 

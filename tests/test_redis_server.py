@@ -245,3 +245,22 @@ def test_live_but_unresponsive_server_is_not_replaced(servers):
     finally:
         os.kill(a.pid, signal.SIGCONT)
     assert connect(a.url).ping()
+
+
+@pytest.mark.parametrize("url, refused", [
+    ("redis://10.0.0.5:6379/0", True),
+    ("redis://redis.internal/0", True),
+    ("rediss://user@10.0.0.5:6380/0", True),
+    ("redis://:s3cret@10.0.0.5:6379/0", False),
+    ("redis://127.0.0.1:6379/0", False),
+    ("redis://localhost/0", False),
+    ("unix:///tmp/x.sock", False),
+])
+def test_a_tcp_redis_off_loopback_needs_a_password(url, refused):
+    from cluster.redis_server import check_exposure
+
+    if refused:
+        with pytest.raises(StoreError, match="without a password"):
+            check_exposure(url)
+    else:
+        check_exposure(url)
