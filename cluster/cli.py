@@ -6,6 +6,7 @@
     autoresearch-farm submit  [--tag TAG] (--patch FILE [--description TEXT] | --idea TEXT)
     autoresearch-farm status  [--tag TAG] [--json]
     autoresearch-farm results [--tag TAG] [--format tsv|csv|json]
+    autoresearch-farm plot    [--tag TAG] [--out progress.png]
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a run's state")
     _common(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    plot = sub.add_parser("plot", help="draw a run's progress to a PNG")
+    _common(plot)
+    plot.add_argument("--out", default="progress.png", help="the PNG to write (default: progress.png)")
 
     results = sub.add_parser("results", help="print a run's results")
     _common(results)
@@ -219,11 +224,27 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .plot import plot
+
+    with ExitStack() as stack:
+        store = _open_store(args, stack)
+        try:
+            out = plot(store, Path(args.out))
+        except ValueError as e:
+            raise FarmError(str(e)) from None
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    handler = {"run": cmd_run, "submit": cmd_submit, "status": cmd_status, "results": cmd_results}[args.command]
+    handler = {"run": cmd_run, "submit": cmd_submit, "status": cmd_status, "results": cmd_results,
+               "plot": cmd_plot}[args.command]
     t0 = time.time()
     try:
         return handler(args)

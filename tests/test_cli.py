@@ -63,6 +63,12 @@ def test_run_to_max_experiments_then_status_and_results(target, tmp_path):
     assert len([b for b in branches if b.startswith("candidates/T/")]) == 4
     again = farm("run", "--config", cfg, "--tag", "T", "--no-dashboard", cwd=target)
     assert again.returncode == 2 and "already exists" in again.stderr and "--resume" in again.stderr
+    png = tmp_path / "progress.png"
+    drawn = farm("plot", "--config", cfg, "--tag", "T", "--out", str(png), cwd=target)
+    assert drawn.returncode == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    assert matplotlib.image.imread(png).shape[:2] == (660, 1320)
 
 
 def test_a_tag_whose_branch_exists_is_refused_before_anything_is_recorded(target, tmp_path):
