@@ -12,8 +12,10 @@ whitespace trains exactly the same model, so it must not cost a GPU run.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
+import threading
 import tokenize
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -93,3 +95,17 @@ def normalise(source: str) -> str:
 def fingerprint(source: str) -> str:
     """sha256 hex digest of normalise(source): the identity of a proposal on one base."""
     return hashlib.sha256(normalise(source).encode("utf-8")).hexdigest()
+
+
+_AST_LOCK = threading.Lock()
+
+
+def parse_python(source: str, filename: str = "<proposal>", *, compile_it: bool = False) -> ast.Module:
+    """ast.parse (and, if asked, compile) under a lock: proposers validate answers on several
+    threads, and CPython 3.11 can fail concurrent parses with "AST constructor recursion depth
+    mismatch". Raises SyntaxError (or ValueError for null bytes) like ast.parse."""
+    with _AST_LOCK:
+        tree = ast.parse(source, filename)
+        if compile_it:
+            compile(tree, filename, "exec")
+        return tree

@@ -31,7 +31,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from proposer.base import History, Outcome, Proposal, fingerprint
+from proposer.base import History, Outcome, Proposal, fingerprint, parse_python
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class _Surface:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        tree = ast.parse(source)
+        tree = parse_python(source)
         starts = [0] + [i + 1 for i, ch in enumerate(source) if ch == "\n"]
         lines = source.split("\n")
 

@@ -26,7 +26,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from proposer.base import fingerprint, normalise
+from proposer.base import fingerprint, normalise, parse_python
 
 _HUNK_RE = re.compile(r"^@@+\s*-(\d+)(?:,(\d+))?\s+\+(\d+)(?:,(\d+))?\s*@@+")
 _GIT_RE = re.compile(r'^diff --git\s+("?)(?:a/)?(.+?)\1\s+("?)(?:b/)?(.+?)\3\s*$')
@@ -278,8 +278,7 @@ def check_source(base: str, new: str, *, tried: Iterable[str] = (), editable: st
     if not new.strip():
         return f"the new {editable} is empty"
     try:
-        tree = ast.parse(new, editable)
-        compile(tree, editable, "exec")
+        tree = parse_python(new, editable, compile_it=True)
     except SyntaxError as e:
         where = f" at line {e.lineno}: {e.text.strip()!r}" if e.lineno and e.text else ""
         return f"the new {editable} does not compile: {e.msg}{where}"
@@ -292,7 +291,7 @@ def check_source(base: str, new: str, *, tried: Iterable[str] = (), editable: st
     if fingerprint(new) in set(tried):
         return "this exact change was already tried on this main line; propose something different"
     try:
-        known = _imports(ast.parse(base))
+        known = _imports(parse_python(base))
     except SyntaxError:
         known = set()
     new_deps = sorted(_imports(tree) - known - set(sys.stdlib_module_names) - {"prepare", "__future__"})

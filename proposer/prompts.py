@@ -12,13 +12,12 @@ sees what is already queued or running so it does not propose it again.
 
 from __future__ import annotations
 
-import ast
 import difflib
 import hashlib
 import re
 from dataclasses import dataclass
 
-from proposer.base import History, Outcome
+from proposer.base import History, Outcome, parse_python
 
 FALLBACK_PROGRAM = """Goal: lower val_bpb (validation bits per byte) of train.py within its fixed training time budget.
 Only train.py may change; prepare.py (data, tokenizer, evaluation) and the budget are off limits.
@@ -232,7 +231,7 @@ def parse_response(text: str) -> Parsed:
                 else "diff" if not lang and _looks_like_diff(body) else "python" if not lang else None)
         if kind == "python" and not lang:
             try:
-                ast.parse(body)
+                parse_python(body)
             except SyntaxError:
                 kind = None
         if kind:

@@ -167,13 +167,13 @@ def test_timeout_kills_setsid_grandchild_and_double_forked_daemon(tmp_path: Path
     assert _wait_for(lambda: not any(_alive(p) for p in pids)), [p for p in pids if _alive(p)]
 
 
-@pytest.mark.parametrize("layer", LAYERS)
 def _run_cgroups() -> set[Path]:
     """The per-run cgroups that exist now (other tests, or other farms on this machine, may own some)."""
     base = cgroup_base()
     return set(base.glob("autoresearch-run-*")) if base else set()
 
 
+@pytest.mark.parametrize("layer", LAYERS)
 def test_leftover_background_processes_die_after_a_normal_exit(tmp_path: Path, layer: str) -> None:
     before = _run_cgroups()
     (tmp_path / "pids.txt").touch()
