@@ -1,0 +1,348 @@
+"""Ray Jobs: run the farm on a remote Ray cluster, and bring its results home with only the address.
+
+Why this shape (docs/CLUSTER.md has the whole story): a Ray job's working_dir is a throw-away copy
+and a job's processes die with it, but a run must outlive its job and stay readable from the
+user's clone. So the durable state lives on the head, outside any job, under the farm home
+(`$AUTORESEARCH_FARM_HOME`, default `~/autoresearch-farm`)::
+
+    redis/              the farm's Redis: AOF on, requirepass, started by head_start_ray_commands
+    repos/<id>.git      a bare repository per project (<id>: its root commit), holding every run's
+                        main line and candidate branches (and refs/farm/submitted/<tag>)
+    repos/<id>.runs/<tag>   the run's git worktree at the submitted commit (its `--repo`)
+
+`submit_run` ships the repository's committed HEAD (`git archive`, no .git, nothing ignored or
+uncommitted) plus a git bundle of HEAD as the job's working_dir; the job fetches the bundle into
+the bare repository, adds the worktree and runs `autoresearch-farm run` there against the head's
+Redis. Every later look is another small job on the same head: `remote_cli` runs `status` or
+`results` there and returns their output; `pull` has the head bundle the run's branches and
+fetches them into the local repository. All of it goes through the Jobs API (the dashboard port),
+so `ray dashboard ray_cluster.yaml` (or any forward of port 8265) is all a user needs.
+
+The cluster-side half is `cluster/head.py` (`python -m cluster.head {run,query,bundle,head-redis}`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .errors import FarmError
+
+log = logging.getLogger(__name__)
+
+HOME_ENV = "AUTORESEARCH_FARM_HOME"
+DEFAULT_HOME = "~/autoresearch-farm"
+REDIS_PORT = 6390  # not 6379: that is Ray's GCS port on the head
+SUBMIT_DIR = ".farm-submit"
+BEGIN, END = "----- autoresearch-farm payload begin -----", "----- autoresearch-farm payload end -----"
+META = "autoresearch_farm"  # metadata key prefix of the farm's jobs
+QUERY_COMMANDS = ("status", "results", "submit")  # what `remote_cli` may run on the head (submit: a patch or idea)
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+# ============================================================ the client side (the user's clone)
+
+def resolve_address(address: str | None = None) -> str:
+    """The Jobs API address: the argument, else RAY_ADDRESS; `host:port` gets http://."""
+    address = (address or os.environ.get("RAY_ADDRESS", "")).strip().rstrip("/")
+    if not address:
+        raise FarmError("no cluster address: pass --address http://127.0.0.1:8265 (forward it with "
+                        "`ray dashboard ray_cluster.yaml`) or set RAY_ADDRESS")
+    if address.startswith("ray://") or address == "auto":
+        raise FarmError(f"{address} is not a Jobs API address; use the dashboard's http://HOST:8265")
+    return address if "://" in address else "http://" + address
+
+
+def auth_headers(token: str | None = None) -> dict[str, str]:
+    """Ray token auth (RAY_AUTH_MODE=token clusters): an explicit token, else RAY_AUTH_TOKEN, else the
+    file in RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token. Harmless for a cluster without auth."""
+    if token is None and os.environ.get("RAY_AUTH_MODE", "").lower() != "disabled":
+        token = os.environ.get("RAY_AUTH_TOKEN")
+        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")).expanduser()
+        if not token and path.is_file():
+            token = path.read_text().strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def client(address: str | None = None, token: str | None = None) -> Any:
+    from ray.job_submission import JobSubmissionClient
+
+    url = resolve_address(address)
+    try:
+        return JobSubmissionClient(url, headers=auth_headers(token))
+    except Exception as e:  # ConnectionError, or RuntimeError from an auth failure
+        raise FarmError(f"cannot reach the Ray Jobs API at {url}: {e}. Is the cluster up and its dashboard "
+                        f"forwarded (`ray dashboard ray_cluster.yaml`)? With token auth, pass the head's token.") from None
+
+
+def _git(repo: Path | str, *args: str, check: bool = True) -> str:
+    out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+    if check and out.returncode:
+        raise FarmError(f"git {' '.join(args[:3])} failed in {repo}: {out.stderr.strip() or out.returncode}")
+    return out.stdout.strip()
+
+
+def repo_id(repo: Path | str) -> str:
+    """A project's name on the head: its (first) root commit, shared by every clone of it."""
+    roots = _git(repo, "rev-list", "--max-parents=0", "HEAD").split()
+    if not roots:
+        raise FarmError(f"{repo} has no commits; commit train.py first")
+    return sorted(roots)[0][:12]
+
+
+@contextlib.contextmanager
+def package(repo: Path | str, *, bundle: bool, files: dict[str, str] | None = None) -> Iterator[tuple[Path, str]]:
+    """A temporary working_dir: the committed tree of HEAD, plus (for a run) a bundle of HEAD, plus
+    `files` (name -> text) under .farm-submit/ (e.g. a patch for a remote `submit --patch`)."""
+    repo = Path(repo).resolve()
+    head = _git(repo, "rev-parse", "HEAD")
+    if _git(repo, "status", "--porcelain", "--untracked-files=no"):
+        log.warning("uncommitted changes in %s are not shipped: the cluster gets HEAD %s", repo, head[:8])
+    with tempfile.TemporaryDirectory(prefix="arf-submit-") as tmp:
+        stage = Path(tmp) / "repo"
+        stage.mkdir()
+        archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=repo, capture_output=True)
+        if archive.returncode:
+            raise FarmError(f"git archive failed in {repo}: {archive.stderr.decode(errors='replace').strip()}")
+        subprocess.run(["tar", "-x", "-C", str(stage)], input=archive.stdout, check=True)
+        (stage / SUBMIT_DIR).mkdir(exist_ok=True)
+        if bundle:
+            _git(repo, "bundle", "create", "-q", str(stage / SUBMIT_DIR / "head.bundle"), "HEAD")
+        for name, text in (files or {}).items():
+            (stage / SUBMIT_DIR / _checked("file name", name)).write_text(text)
+        yield stage, head
+
+
+def submit_entrypoint(address: str | None, repo: Path | str, entrypoint: str, *, kind: str,
+                      token: str | None = None, metadata: dict[str, str] | None = None, bundle: bool = False,
+                      submission_id: str | None = None, files: dict[str, str] | None = None) -> str:
+    """Submit `entrypoint` with `repo`'s committed HEAD as its working_dir; returns the job id."""
+    jc = client(address, token)
+    with package(repo, bundle=bundle, files=files) as (stage, head), _env("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "1"):
+        # the stage is exactly the commit: a .gitignore in it must not drop committed files or the bundle
+        meta = {f"{META}_kind": kind, f"{META}_repo": repo_id(repo), f"{META}_head": head, **(metadata or {})}
+        return jc.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(stage)}, metadata=meta,
+                             submission_id=submission_id)
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def _checked(what: str, value: str) -> str:
+    """Tags and ids become git refs and paths on the head: letters, digits, `_.-` only."""
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}", value or ""):
+        raise FarmError(f"{what} {value!r} must be 1-64 letters, digits, '_', '.' or '-' (not starting with '.')")
+    return value
+
+
+def _helper(args: list[str]) -> str:
+    return shlex.join(["python", "-m", "cluster.head", *args])
+
+
+def _flag(args: list[str], name: str) -> str | None:
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def submit_run(address: str | None, repo: Path | str, run_args: list[str], *, tag: str | None = None,
+               token: str | None = None, farm_home: str | None = None) -> tuple[str, str, str]:
+    """Submit `autoresearch-farm run <run_args>` on the cluster for `repo`'s HEAD.
+    Returns (job_id, tag, dashboard_url). The tag is fixed here (default: today's date, as `run`)."""
+    for bad in ("--repo", "--ray-address"):
+        if _flag(run_args, bad) is not None:
+            raise FarmError(f"{bad} makes no sense for a cluster run: the job researches the HEAD of the repository "
+                            f"it is submitted from, on the cluster it is submitted to; drop {bad}")
+    given = _flag(run_args, "--tag")
+    if given and tag and given != tag:
+        raise FarmError(f"two tags given ({tag!r} and --tag {given!r}); pass one")
+    if not (tag or given):
+        from .farm import default_tag
+
+        tag = default_tag()
+    tag = _checked("tag", tag or given)
+    args = [a for i, a in enumerate(run_args) if not (a == "--tag" or a.startswith("--tag=")
+                                                      or (i and run_args[i - 1] == "--tag"))]
+    live = [r["job_id"] for r in list_runs(address, tag, token) if r["status"] in ("PENDING", "RUNNING")]
+    if live:
+        raise FarmError(f"run {tag} is still running as job {live[0]}; stop it first (`stop {live[0]}`) "
+                        f"or choose another --tag")
+    entry = ["run", "--repo-id", repo_id(repo), "--tag", tag, *_opt("--home", farm_home), "--", *args]
+    job_id = submit_entrypoint(address, repo, _helper(entry), kind="run", token=token, metadata={f"{META}_tag": tag},
+                               bundle=True, submission_id=f"arf-{tag}-{secrets.token_hex(3)}")
+    return job_id, tag, f"{resolve_address(address)}/#/jobs/{job_id}"
+
+
+def _describe(info: Any) -> dict[str, Any]:
+    meta = info.metadata or {}
+    return {"job_id": info.submission_id, "status": str(getattr(info.status, "value", info.status)),
+            "message": info.message, "tag": meta.get(f"{META}_tag"), "kind": meta.get(f"{META}_kind"),
+            "head": meta.get(f"{META}_head"), "entrypoint": info.entrypoint,
+            "start_time": (info.start_time or 0) / 1000 or None, "end_time": (info.end_time or 0) / 1000 or None}
+
+
+def job_status(address: str | None, job_id: str, token: str | None = None) -> dict[str, Any]:
+    """The job as a dict: status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED), message, tag, times."""
+    return _describe(client(address, token).get_job_info(job_id))
+
+
+def list_runs(address: str | None, tag: str | None = None, token: str | None = None) -> list[dict[str, Any]]:
+    """The farm runs submitted to the cluster (optionally of one tag), newest first."""
+    runs = [_describe(j) for j in client(address, token).list_jobs()]
+    runs = [r for r in runs if r["kind"] == "run" and r["job_id"] and (tag is None or r["tag"] == tag)]
+    return sorted(runs, key=lambda r: r["start_time"] or 0, reverse=True)
+
+
+def resolve_job(address: str | None, job_or_tag: str, token: str | None = None) -> str:
+    """A submission id as given, or the newest run job of the tag `job_or_tag`."""
+    runs = list_runs(address, None, token)
+    if any(r["job_id"] == job_or_tag for r in runs):
+        return job_or_tag
+    for r in runs:
+        if r["tag"] == job_or_tag:
+            return r["job_id"]
+    known = ", ".join(f"{r['job_id']} ({r['tag']}, {r['status']})" for r in runs[:10]) or "none"
+    raise FarmError(f"no farm job or run tag {job_or_tag!r} on the cluster; runs: {known}")
+
+
+def follow_logs(address: str | None, job_id: str, write: Callable[[str], Any] | None = None,
+                token: str | None = None) -> str:
+    """Stream the job's log (from its start) to `write` (default: stdout) until the job ends, through
+    Ray's async websocket tail; returns the final status. Ctrl-C stops following, not the job."""
+    jc, write = client(address, token), write or sys.stdout.write
+
+    async def pump() -> None:
+        async for chunk in jc.tail_job_logs(job_id):
+            write(chunk)
+
+    asyncio.run(pump())
+    return _wait(jc, job_id, 30.0)
+
+
+def stop_job(address: str | None, job_id: str, token: str | None = None, wait_s: float = 120.0) -> str:
+    """Stop the job (SIGTERM: the farm re-queues its running candidates, then exits) and wait for it
+    to end; returns the final status. A run launched again with `--resume` continues."""
+    jc = client(address, token)
+    jc.stop_job(job_id)
+    return _wait(jc, job_id, wait_s)
+
+
+def _wait(jc: Any, job_id: str, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = str(getattr(jc.get_job_status(job_id), "value", ""))
+        if status in TERMINAL or time.monotonic() > deadline:
+            return status
+        time.sleep(0.25)
+
+
+def _call(address: str | None, repo: Path | str, entry: list[str], token: str | None, timeout_s: float,
+          files: dict[str, str] | None = None) -> Any:
+    """Run a cluster-side helper as a short job and return the payload it printed."""
+    jc = client(address, token)
+    job_id = submit_entrypoint(address, repo, _helper(entry), kind="query", token=token, files=files)
+    status = _wait(jc, job_id, timeout_s)
+    logs = jc.get_job_logs(job_id)
+    if status not in TERMINAL:
+        jc.stop_job(job_id)
+        raise FarmError(f"the cluster-side `{entry[0]}` (job {job_id}) did not finish in {timeout_s:.0f}s")
+    with contextlib.suppress(Exception):
+        jc.delete_job(job_id)  # keep the dashboard's job list to the runs
+    if BEGIN not in logs or END not in logs:
+        raise FarmError(f"the cluster-side `{entry[0]}` (job {job_id}) ended {status} without an answer; "
+                        f"its log:\n{logs[-3000:]}")
+    body = logs.rsplit(BEGIN, 1)[1].split(END, 1)[0]
+    payload = json.loads(base64.b64decode("".join(body.split())))
+    if "error" in payload:
+        raise FarmError(payload["error"])
+    return payload
+
+
+def _opt(name: str, value: str | None) -> list[str]:
+    return [name, value] if value else []
+
+
+def remote_cli(address: str | None, repo: Path | str, argv: list[str], *, tag: str | None = None,
+               token: str | None = None, farm_home: str | None = None, files: dict[str, str] | None = None,
+               timeout_s: float = 180.0) -> tuple[int, str, str]:
+    """Run `autoresearch-farm <status|results|submit> <args>` on the head against the run `tag` (default:
+    the newest submitted) and return (exit code, stdout, stderr), e.g. argv=["results", "--format", "json"].
+    `files` ship along under .farm-submit/: argv=["submit", "--patch", ".farm-submit/p.diff"],
+    files={"p.diff": text} sends a local patch."""
+    if not argv or argv[0] not in QUERY_COMMANDS:
+        raise FarmError(f"only {', '.join(QUERY_COMMANDS)} run on the cluster this way, not {argv[:1]}")
+    entry = ["query", "--repo-id", repo_id(repo), *_opt("--tag", tag), *_opt("--home", farm_home), "--", *argv]
+    p = _call(address, repo, entry, token, timeout_s, files)
+    return p["rc"], p["stdout"], p["stderr"]
+
+
+def pull(address: str | None, repo: Path | str, tag: str | None = None, *, token: str | None = None,
+         farm_home: str | None = None, force: bool = False, timeout_s: float = 300.0) -> dict[str, str]:
+    """Fetch the run's main line `autoresearch/<tag>` and candidate branches `candidates/<tag>/*` from the
+    head into `repo`. Candidate branches are the farm's (rebases move them); the main line only moves
+    forward unless `force`. Returns {branch: sha} of what changed."""
+    repo = Path(repo).resolve()
+    haves = [_git(repo, "rev-parse", "HEAD")] + _git(repo, "for-each-ref", "--count=50", "--format=%(objectname)",
+                                                     "refs/heads/autoresearch/").split()
+    base = ["bundle", "--repo-id", repo_id(repo), *_opt("--tag", tag), *_opt("--home", farm_home)]
+    p = _call(address, repo, base + ["--have", ",".join(dict.fromkeys(haves))], token, timeout_s)
+    if p["bundle"] and not _unbundle(repo, p["bundle"]):
+        p = _call(address, repo, base, token, timeout_s)  # a prerequisite is missing here: take it all
+        if p["bundle"] and not _unbundle(repo, p["bundle"]):
+            raise FarmError(f"could not read the bundle of run {p['tag']} into {repo}")
+    current = _git(repo, "symbolic-ref", "-q", "HEAD", check=False)
+    changed: dict[str, str] = {}
+    updates = []
+    for name, sha in sorted(p["refs"].items()):
+        ref = "refs/heads/" + name
+        old = _git(repo, "rev-parse", "-q", "--verify", ref, check=False)
+        if old == sha:
+            continue
+        if ref == current:
+            log.warning("%s is checked out here: not moving it to %s; `git merge --ff-only %s`", name, sha[:8], sha)
+            continue
+        is_ff = not old or subprocess.run(["git", "merge-base", "--is-ancestor", old, sha], cwd=repo).returncode == 0
+        if name.startswith("autoresearch/") and not is_ff and not force:
+            raise FarmError(f"local {name} ({old[:8]}) is not an ancestor of the cluster's ({sha[:8]}): another "
+                            f"run used this tag here. Rename or delete the local branch, or pull with force")
+        updates.append(f"update {ref} {sha}\n")
+        changed[name] = sha
+    if updates:
+        subprocess.run(["git", "update-ref", "--stdin"], cwd=repo, input="".join(updates), text=True, check=True)
+    log.info("pulled run %s: %d branch(es) updated", p["tag"], len(changed))
+    return changed
+
+
+def _unbundle(repo: Path, data_b64: str) -> bool:
+    with tempfile.NamedTemporaryFile(suffix=".bundle") as f:
+        f.write(base64.b64decode(data_b64))
+        f.flush()
+        if subprocess.run(["git", "bundle", "verify", "-q", f.name], cwd=repo, capture_output=True).returncode:
+            return False
+        return subprocess.run(["git", "bundle", "unbundle", f.name], cwd=repo, capture_output=True).returncode == 0
