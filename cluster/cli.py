@@ -3,7 +3,10 @@
     autoresearch-farm run [--config PATH] [--repo PATH] [--tag TAG] [--workers N] [--budget S]
                           [--max-experiments N] [--hours H] [--redis URL] [--resume]
                           [--proposer mutate|llm|agent] [--base-url URL] [--model NAME]
-    autoresearch-farm submit  [--tag TAG] (--patch FILE [--description TEXT] | --idea TEXT)
+    autoresearch-farm submit  [--address URL] [run options]            a run, as a Ray job
+    autoresearch-farm submit  [--address URL] [--tag TAG] (--patch FILE [--description TEXT] | --idea TEXT)
+    autoresearch-farm logs|stop TAG_OR_JOB [--address URL]
+    autoresearch-farm pull [--tag TAG] [--address URL]
     autoresearch-farm status  [--tag TAG] [--json]
     autoresearch-farm results [--tag TAG] [--format tsv|csv|json]
     autoresearch-farm plot    [--tag TAG] [--out progress.png]
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from contextlib import ExitStack
@@ -29,6 +33,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tag", help="run name (default: today's date, e.g. nov25)")
     p.add_argument("--redis", help="redis:// or unix:// URL of the store (default: an embedded server)")
     p.add_argument("-v", "--verbose", action="store_true", help="log the farm's internals")
+
+
+def _cluster(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    """--address / --token: talk to a run on a Ray cluster through its Jobs API."""
+    if optional:
+        p.add_argument("--address", nargs="?", const="", default=None,
+                       help="read the run on the Ray cluster at ADDRESS (alone: RAY_ADDRESS), e.g. http://HEAD:8265")
+    else:
+        p.add_argument("--address", default="", help="the cluster's dashboard, e.g. http://HEAD:8265 (default: RAY_ADDRESS)")
+    p.add_argument("--token", help="Ray's auth token, if the cluster uses token auth (default: RAY_AUTH_TOKEN or its file)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,29 +63,50 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", help="the llm proposer's model")
     run.add_argument("--ray-address", default="", help="Ray cluster to use (default: RAY_ADDRESS, else a local one)")
     run.add_argument("--no-dashboard", action="store_true", help="start a local Ray without its dashboard")
+    run.add_argument("--metrics-port", type=int, help="a local Ray serves Prometheus metrics on this port")
 
-    submit = sub.add_parser("submit", help="send a human patch or idea into a run", description=(
-        "Send a candidate into a run: --patch FILE (a unified diff of train.py, validated like every "
-        "proposal, then queued) or --idea TEXT (the llm/agent proposer implements it next). The run may "
-        "be running (it picks it up within a step) or stopped (it waits for --resume)."))
+    submit = sub.add_parser("submit", help="submit a run to a Ray cluster, or a patch or idea into a run",
+                            description=(
+        "Without --patch/--idea: submit a whole run to the Ray cluster at --address (or RAY_ADDRESS) through "
+        "the Jobs API, with any `run` option (e.g. --config FILE --workers N --budget S --max-experiments N "
+        "--tag TAG); the committed HEAD of this repository ships as the job; prints the job id, the tag and "
+        "the dashboard URL, and returns. With --patch FILE (a unified diff of train.py, validated like every "
+        "proposal, then queued) or --idea TEXT (the llm/agent proposer implements it next): a candidate into "
+        "a run, local or (with --address) on the cluster. A stopped run takes it up on --resume."))
     _common(submit)
-    what = submit.add_mutually_exclusive_group(required=True)
+    _cluster(submit)
+    what = submit.add_mutually_exclusive_group()
     what.add_argument("--patch", metavar="FILE", help="a unified diff of the editable file ('-' reads stdin)")
     what.add_argument("--idea", metavar="TEXT", help="an idea for the LLM or agent proposer to implement")
     submit.add_argument("--description", help="the candidate's one-line description (default: derived)")
 
+    logs = sub.add_parser("logs", help="stream the log of a run submitted to a cluster")
+    logs.add_argument("job", help="the run's tag or its job id")
+    _cluster(logs)
+    stop = sub.add_parser("stop", help="stop a run submitted to a cluster (running candidates go back to the queue)")
+    stop.add_argument("job", help="the run's tag or its job id")
+    _cluster(stop)
+    pull = sub.add_parser("pull", help="fetch a cluster run's main line and candidate branches into this repository")
+    pull.add_argument("--tag", help="the run (default: the newest submitted from this repository)")
+    pull.add_argument("--repo", help="the local clone (default: the current directory)")
+    pull.add_argument("--force", action="store_true", help="move the local main-line branch even if it diverged")
+    _cluster(pull)
+
     status = sub.add_parser("status", help="show a run's state")
     _common(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    _cluster(status, optional=True)
 
     plot = sub.add_parser("plot", help="draw a run's progress to a PNG")
     _common(plot)
     plot.add_argument("--out", default="progress.png", help="the PNG to write (default: progress.png)")
+    _cluster(plot, optional=True)
 
     results = sub.add_parser("results", help="print a run's results")
     _common(results)
     results.add_argument("--format", choices=("tsv", "csv", "json"), default="tsv",
                          help="tsv: autoresearch's results.tsv; csv/json: every measurement in full")
+    _cluster(results, optional=True)
     return parser
 
 
@@ -105,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if meta and meta.get("config"):
             cfg = load_config(args, stored=meta["config"])
     why = run_farm(cfg, resume=args.resume, report=_say, ray_address=args.ray_address,
-                   dashboard=not args.no_dashboard)
+                   dashboard=not args.no_dashboard, metrics_port=args.metrics_port)
     return 0 if why != "stopped" else 130
 
 
@@ -170,6 +205,8 @@ def _open_store(args: argparse.Namespace, stack: ExitStack):
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.address is not None:
+        return _remote(args, ["status"] + (["--json"] if args.json else []))
     with ExitStack() as stack:
         s = status_dict(_open_store(args, stack))
     if args.json:
@@ -179,7 +216,41 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
+def cmd_submit(args: argparse.Namespace, rest: list[str]) -> int:
+    from . import jobs
+
+    if not (args.patch or args.idea):  # a whole run, as a Ray job
+        run_args = rest + (["--config", args.config] if args.config else [])
+        build_parser().parse_args(["run", *run_args])  # refuse bad run options here, with run's usage
+        job_id, tag, url = jobs.submit_run(args.address, args.repo or ".", run_args, tag=args.tag, token=args.token)
+        print(f"submitted run {tag} as job {job_id}\n  dashboard: {url}\n"
+              f"  follow it: autoresearch-farm logs {tag} --address {jobs.resolve_address(args.address)}")
+        return 0
+    if rest:
+        raise FarmError(f"unexpected arguments with --patch/--idea: {' '.join(rest)}")
+    if args.address is not None and (args.address or os.environ.get("RAY_ADDRESS")):
+        if args.idea:
+            argv, files = ["submit", "--idea", args.idea], None
+        else:
+            argv = ["submit", "--patch", f"{jobs.SUBMIT_DIR}/patch.diff"]
+            files = {"patch.diff": sys.stdin.read() if args.patch == "-" else _read(args.patch)}
+        if args.description:
+            argv += ["--description", args.description]
+        return _remote(args, argv, files)
+    return _submit_local(args)
+
+
+def _remote(args: argparse.Namespace, argv: list[str], files: dict[str, str] | None = None) -> int:
+    from . import jobs
+
+    rc, out, err = jobs.remote_cli(args.address or None, getattr(args, "repo", None) or ".", argv, tag=args.tag,
+                                   token=args.token, files=files)
+    sys.stdout.write(out)
+    sys.stderr.write(err)
+    return rc
+
+
+def _submit_local(args: argparse.Namespace) -> int:
     from .errors import PatchError
 
     with ExitStack() as stack:
@@ -219,6 +290,8 @@ def _read(path: str) -> str:
 def cmd_results(args: argparse.Namespace) -> int:
     from .results import render
 
+    if args.address is not None:
+        return _remote(args, ["results", "--format", args.format])
     with ExitStack() as stack:
         sys.stdout.write(render(_open_store(args, stack), args.format))
     return 0
@@ -228,23 +301,68 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .plot import plot
+    from .results import tsv_rows
 
-    with ExitStack() as stack:
-        store = _open_store(args, stack)
-        try:
-            out = plot(store, Path(args.out))
-        except ValueError as e:
-            raise FarmError(str(e)) from None
+    if args.address is not None:  # the rows come from the cluster, the picture is drawn here
+        from . import jobs
+
+        rc, tsv, err = jobs.remote_cli(args.address or None, args.repo or ".", ["results"], tag=args.tag,
+                                       token=args.token)
+        if rc:
+            raise FarmError(err.strip() or "the cluster could not read the run")
+        header, *lines = tsv.splitlines()
+        rows, tag = [dict(zip(header.split("\t"), ln.split("\t"))) for ln in lines], args.tag or "(newest)"
+    else:
+        with ExitStack() as stack:
+            store = _open_store(args, stack)
+            rows, tag = tsv_rows(store), store.tag
+    try:
+        out = plot(rows, tag, Path(args.out))
+    except ValueError as e:
+        raise FarmError(str(e)) from None
     print(f"wrote {out}")
     return 0
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    from . import jobs
+
+    job = jobs.resolve_job(args.address or None, args.job, args.token)
+    final = jobs.follow_logs(args.address or None, job, token=args.token)
+    print(f"job {job}: {final}")
+    return 0 if final == "SUCCEEDED" else 1
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from . import jobs
+
+    job = jobs.resolve_job(args.address or None, args.job, args.token)
+    final = jobs.stop_job(args.address or None, job, token=args.token)
+    tag = jobs.job_status(args.address or None, job, args.token).get("tag") or "TAG"
+    print(f"job {job}: {final}; `autoresearch-farm submit --address ... --tag {tag} --resume` continues it")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from . import jobs
+
+    changed = jobs.pull(args.address or None, args.repo or ".", args.tag, force=args.force, token=args.token)
+    for branch, sha in changed.items():
+        print(f"{branch} -> {sha[:12]}")
+    print(f"{len(changed)} branch(es) updated")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "submit":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    handler = {"run": cmd_run, "submit": cmd_submit, "status": cmd_status, "results": cmd_results,
-               "plot": cmd_plot}[args.command]
+    handler = {"run": cmd_run, "submit": lambda a: cmd_submit(a, rest), "status": cmd_status,
+               "results": cmd_results, "plot": cmd_plot, "logs": cmd_logs, "stop": cmd_stop,
+               "pull": cmd_pull}[args.command]
     t0 = time.time()
     try:
         return handler(args)

@@ -30,6 +30,7 @@ import ray
 from . import judge as judge_policy
 from .config import FarmConfig
 from .errors import FencedWrite
+from .metrics import FarmMetrics
 from .intake import Intake
 from .model import Candidate, Job, Purpose, Result, RunStatus, State
 from .ray_glue import WorkerSlot
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 PENDING = (State.PROPOSED.value, State.QUEUED.value, State.RUNNING.value)
 FINAL = (State.MERGED.value, State.DISCARDED.value, State.STALE.value, State.FAILED.value)
 POLL_S = 0.2
+REPORT_S = 10.0  # seconds between progress lines
+GAUGES_S = 2.0  # seconds between refreshes of the metric gauges
 CANCEL_WAIT_S = 30.0  # a cancelled run needs a moment to kill its tree and remove its cgroup
 
 
@@ -79,12 +82,13 @@ class Controller:
         self.restarting: dict[str, Any] = {}  # worker -> pending probe of a worker Ray is restarting
         self.idle_since: dict[str, float] = {name: time.time() for name in self.workers}
         self.intake = Intake(self)
+        self.metrics = FarmMetrics(tag)
         self.stop_requested = False
         self.stats = Stats()
         # the runner kills a run at budget + grace itself, so a healthy worker always answers in time
         self.lease_s = cfg.train.budget + cfg.train.grace + cfg.workers.lease_slack
         self._file_refs: dict[str, tuple[Any, str]] = {}  # commit -> (object ref of its files, harness digest)
-        self._last_report = 0.0
+        self._last_report = self._last_gauges = 0.0
         # the controller is the only writer of results: index them in memory, loaded once
         self._by_commit: dict[str, list[Result]] = {}
         for r in store.results():
@@ -137,9 +141,13 @@ class Controller:
         self._judge_finished()
         self.intake.step()
         self._dispatch()
-        if time.time() - self._last_report > 10:
+        now = time.time()
+        if now - self._last_report > REPORT_S:
             self.report(self.progress_line())
-            self._last_report = time.time()
+            self._last_report = self._last_gauges = now
+        elif now - self._last_gauges > GAUGES_S:
+            self.gauges()
+            self._last_gauges = now
 
     def finished(self) -> str | None:
         counts = self.store.count_by_state()
@@ -196,6 +204,7 @@ class Controller:
             return
         self._by_commit.setdefault(result.commit, []).append(result)
         self._dirty = True
+        self.metrics.result(result.status)
         self.store.add_event("result", cand=job.cand, job=job.id, status=result.status, val_bpb=result.val_bpb,
                              worker=worker)
         if not self._open_jobs(job.cand):
@@ -235,6 +244,7 @@ class Controller:
             self.report(f"{job.cand}: {reason}; re-queued")
 
     def _fail_candidate(self, cid: str, reason: str) -> None:
+        self.metrics.decision("fail")
         self.store.transition(cid, PENDING + (State.FINISHED.value,), State.FAILED.value,
                               decision={"action": "fail", "reason": reason})
         self.report(f"{cid} failed: {reason}")
@@ -299,6 +309,7 @@ class Controller:
 
     def _apply(self, cand: Candidate, d: judge_policy.Decision, line: judge_policy.Line) -> None:
         decision = {"action": d.action, "reason": d.reason, "numbers": d.numbers, "at": time.time()}
+        self.metrics.decision(d.action)
         self.store.add_event("decision", cand=cand.id, **{k: v for k, v in decision.items() if k != "numbers"})
         if d.action == "merge":
             self._dirty = True  # the rest are judged again against the new main line
@@ -341,6 +352,7 @@ class Controller:
             self.store.transition(cand.id, {src_state}, State.STALE.value,
                                   decision={"action": "stale", "reason": why, "at": time.time()})
             self.store.add_event("stale", cand=cand.id, reason=why)
+            self.metrics.decision("stale")
             self.report(f"{cand.id} is stale: {why}")
             return
         new = outcome.commit
@@ -399,7 +411,9 @@ class Controller:
             files_ref, digest = self._files(job.commit)
             ref = slot.handle.run.remote(job.to_dict(), files_ref, digest)
             now = time.time()
-            self.stats.dispatch_gaps.append(now - self.idle_since.get(name, now))
+            gap = now - self.idle_since.get(name, now)
+            self.stats.dispatch_gaps.append(gap)
+            self.metrics.dispatch_gap(gap)
             self.inflight[name] = InFlight(job, ref, now)
 
     # ------------------------------------------------------------------ stopping and progress
@@ -420,20 +434,28 @@ class Controller:
         if requeued:
             self.report(f"{len(requeued)} running job(s) went back to the queue; `--resume` continues them")
 
-    def progress_line(self) -> str:
+    def gauges(self) -> dict[str, Any]:
+        """The loop's state in numbers, from memory and two cheap reads; refreshes the metric gauges."""
         meta = self.store.run_meta() or {}
-        line_results = [r.val_bpb for r in self.measured(meta.get("main", "")) if r.val_bpb]
-        base_results = [r.val_bpb for r in self.measured(meta.get("baseline", "")) if r.val_bpb]
+        line = [r.val_bpb for r in self.measured(meta.get("main", "")) if r.val_bpb]
+        base = [r.val_bpb for r in self.measured(meta.get("baseline", "")) if r.val_bpb]
         elapsed = max(time.time() - self.stats.started, 1e-9)
+        busy = self.stats.busy_seconds + sum(time.time() - f.started for f in self.inflight.values())
+        g = {"best": sum(line) / len(line) if line else None, "baseline": sum(base) / len(base) if base else None,
+             "queued": self.store.queue_depth(), "running": len(self.inflight), "elapsed": elapsed,
+             "busy": busy / (elapsed * max(len(self.workers), 1))}
+        self.metrics.snapshot(g["best"], g["baseline"], g["queued"], g["running"], g["busy"],
+                              workers=len(self.workers))
+        return g
+
+    def progress_line(self) -> str:
+        g = self.gauges()
         judged = [c for c in self.store.candidates(set(FINAL)) if c.origin != "baseline"]
         done, merged = len(judged), sum(c.state == State.MERGED.value for c in judged)
-        busy = (self.stats.busy_seconds + sum(time.time() - f.started for f in self.inflight.values()))
-        busy_frac = busy / (elapsed * max(len(self.workers), 1))
-        best = sum(line_results) / len(line_results) if line_results else None
-        base = sum(base_results) / len(base_results) if base_results else None
+        best, base = g["best"], g["baseline"]
         best_s = f"best {best:.6f}" if best else "best -"
         if best and base:
             best_s += f" ({best - base:+.6f} vs baseline {base:.6f})"
         return (f"[{time.strftime('%H:%M:%S')}] {best_s} | done {done} (merged {merged}) "
-                f"| running {len(self.inflight)} | queued {self.store.queue_depth()} "
-                f"| {done / elapsed * 3600:.1f} exp/h | workers busy {100 * busy_frac:.0f}%")
+                f"| running {g['running']} | queued {g['queued']} "
+                f"| {done / g['elapsed'] * 3600:.1f} exp/h | workers busy {100 * g['busy']:.0f}%")

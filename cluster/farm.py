@@ -117,7 +117,7 @@ def _proposer_inputs(cfg: FarmConfig, ctx: RunContext, report: Callable[[str], N
 
 
 def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], None] = print,
-             ray_address: str = "", dashboard: bool = True) -> str:
+             ray_address: str = "", dashboard: bool = True, metrics_port: int | None = None) -> str:
     """Run the farm until it is done, stopped (Ctrl-C / SIGTERM) or out of time. Returns why it ended."""
     import ray
 
@@ -140,7 +140,7 @@ def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], N
             pinned = cfg.with_overrides({"run.repo": str(ctx.repo_path), "run.tag": ctx.tag})
             ctx.store.create_run({"tag": ctx.tag, "repo": str(ctx.repo_path), "created": time.time(),
                                   "config": pinned.to_dict(), "status": "running"})
-        started_ray = ray_glue.init_ray(ray_address, dashboard=dashboard)
+        started_ray = ray_glue.init_ray(ray_address, dashboard=dashboard, metrics_port=metrics_port)
         if started_ray:
             stack.callback(ray.shutdown)
         gpu = ray_glue.uses_gpus(cfg)

@@ -70,6 +70,10 @@ class Intake:
         except ray.exceptions.RayError as e:
             self.ctrl.report(f"the proposer failed: {str(e)[:300]}")
             proposals = []
+        for p in proposals:
+            t = p.meta.get("tokens") or {}
+            self.ctrl.metrics.llm_usage(int(t.get("prompt", 0)), int(t.get("completion", 0)),
+                                        float(p.meta.get("cost_usd", 0.0)))
         admitted = sum(self.admit(p) for p in proposals)
         # rounds without one sound proposal (none, or all refused) mean a proposer out of ideas, or
         # one that keeps failing validation: after DRY_ROUNDS of them it is no longer asked

@@ -9,19 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .results import tsv_rows
-from .store import Store
-
-
-def plot(store: Store, out: Path) -> Path:
+def plot(rows: list[dict[str, str]], tag: str, out: Path) -> Path:
+    """rows: results.tsv rows (commit, val_bpb, memory_gb, status, description), the baseline first."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
-    rows = tsv_rows(store)
     if not rows:
-        raise ValueError(f"run {store.tag} has no finished experiment to plot yet")
+        raise ValueError(f"run {tag} has no finished experiment to plot yet")
     xs = list(range(len(rows)))
     ok = [(x, float(r["val_bpb"])) for x, r in zip(xs, rows) if r["status"] != "crash"]
     kept = [(x, float(r["val_bpb"]), r["description"]) for x, r in zip(xs, rows) if r["status"] == "keep"]
@@ -43,7 +39,7 @@ def plot(store: Store, out: Path) -> Path:
     ax.set_xlabel("experiment (in the order they finished)")
     ax.set_ylabel("val_bpb (lower is better)")
     best = min((y for _, y, _ in kept), default=baseline)
-    ax.set_title(f"run {store.tag}: {len(rows) - 1} experiments, {len(kept) - 1} kept, "
+    ax.set_title(f"run {tag}: {len(rows) - 1} experiments, {len(kept) - 1} kept, "
                  f"best {best:.4f} ({best - baseline:+.4f})")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)

@@ -26,7 +26,7 @@ MAX_CPU_WORKERS = 4  # CPU workers are for trying the farm out; more would just 
 
 
 def init_ray(address: str = "", *, dashboard: bool = True, num_cpus: int | None = None,
-             num_gpus: int | None = None) -> bool:
+             num_gpus: int | None = None, metrics_port: int | None = None) -> bool:
     """Connect to the cluster at `address` (or RAY_ADDRESS), else start a local one.
     Returns True if this call started Ray (and so should shut it down)."""
     if ray.is_initialized():
@@ -38,8 +38,9 @@ def init_ray(address: str = "", *, dashboard: bool = True, num_cpus: int | None 
         if address:
             ray.init(address=address, namespace=NAMESPACE, runtime_env=runtime_env, log_to_driver=False)
         else:
+            extra = {"_metrics_export_port": metrics_port} if metrics_port else {}
             ray.init(namespace=NAMESPACE, include_dashboard=dashboard, num_cpus=num_cpus, num_gpus=num_gpus,
-                     runtime_env=runtime_env, log_to_driver=False)
+                     runtime_env=runtime_env, log_to_driver=False, **extra)
     except ConnectionError as e:
         raise FarmError(f"cannot connect to the Ray cluster at {address}: {e}. Is it up (`ray status`)?") from None
     return True

@@ -136,3 +136,40 @@ def test_kill_9_of_the_farm_then_resume_loses_nothing_and_merges_nothing_twice(t
     assert len({r["cand"] for r in records if r["purpose"] == "measure"}) == 6
     moves = git(target, "reflog", "show", "--format=%H", "autoresearch/K").split()
     assert len(moves) == 1 + final["candidates"]["merged"] - 1, "one main-line move per merged candidate"
+
+
+def test_the_farms_metrics_are_on_rays_prometheus_endpoint_during_a_run(target, tmp_path):
+    import socket
+    import urllib.request
+
+    from tests.test_metrics import parse, value
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = str(tmp_path / "farm.toml")
+    (target / "train.py").write_text((target / "train.py").read_text().replace("SLEEP = 0.3", "SLEEP = 2.0"))
+    git(target, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "slower runs")
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "run", "--config", cfg, "--tag", "M",
+                             "--max-experiments", "30", "--no-dashboard", "--metrics-port", str(port)], cwd=target,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    found: dict[str, float | None] = {}
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                samples = parse(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+            except OSError:
+                time.sleep(1)
+                continue
+            found = {"ok": value(samples, "ray_autoresearch_farm_experiments_total", status="ok"),
+                     "best": value(samples, "ray_autoresearch_farm_best_val_bpb"),
+                     "busy": value(samples, "ray_autoresearch_farm_gpu_busy_fraction")}
+            if all(v is not None for v in found.values()):
+                break
+            time.sleep(1)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    assert found and all(v is not None for v in found.values()), found
+    assert found["ok"] >= 1 and 0.9 < found["best"] < 1.1 and 0.0 <= found["busy"] <= 1.0
