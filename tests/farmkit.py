@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 from contextlib import ExitStack
 from pathlib import Path
@@ -122,3 +123,37 @@ class Farm:
 def copy_fixture(name: str, dest: Path) -> Path:
     shutil.copy(FIXTURES / name, dest)
     return dest
+
+
+# a farm config for the scripted training command: short runs, no data preparation, 2 CPU workers
+SCRIPTED_CONFIG = """
+[train]
+budget = 1.0
+grace = 20.0
+prepare_command = []
+[workers]
+count = 2
+gpus_per_worker = 0.0
+[judge]
+baseline_runs = 2
+[proposer]
+exclude = ["SEED", "MODE", "SLEEP", "NOISE"]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def shutdown_redis(url: str) -> None:
+    """SHUTDOWN a Redis server the test started (flushing its AOF); it may close the connection first."""
+    import redis
+
+    r = redis.Redis.from_url(url)
+    try:
+        r.shutdown(nosave=False)
+    except redis.ConnectionError:
+        pass
+    r.close()

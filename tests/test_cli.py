@@ -12,23 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.farmkit import git, make_repo
+from tests.farmkit import SCRIPTED_CONFIG, free_port, git, make_repo
 
 pytestmark = pytest.mark.slow
 
-CONFIG = """
-[train]
-budget = 1.0
-grace = 20.0
-prepare_command = []
-[workers]
-count = 2
-gpus_per_worker = 0.0
-[judge]
-baseline_runs = 2
-[proposer]
-exclude = ["SEED", "MODE", "SLEEP", "NOISE"]
-"""
+CONFIG = SCRIPTED_CONFIG
 
 
 def farm(*args: str, cwd: Path, **kw) -> subprocess.CompletedProcess:
@@ -139,14 +127,11 @@ def test_kill_9_of_the_farm_then_resume_loses_nothing_and_merges_nothing_twice(t
 
 
 def test_the_farms_metrics_are_on_rays_prometheus_endpoint_during_a_run(target, tmp_path):
-    import socket
     import urllib.request
 
     from tests.test_metrics import parse, value
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cfg = str(tmp_path / "farm.toml")
     (target / "train.py").write_text((target / "train.py").read_text().replace("SLEEP = 0.3", "SLEEP = 2.0"))
     git(target, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "slower runs")

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,32 +21,14 @@ from redis.retry import Retry
 
 from cluster import head, jobs
 from cluster.errors import FarmError
-from tests.farmkit import git, make_repo
+from tests.farmkit import SCRIPTED_CONFIG, free_port, git, make_repo, shutdown_redis
 
 ROOT = Path(__file__).resolve().parents[1]
 
-FARM_TOML = """
-[train]
-budget = 1.0
-grace = 20.0
-prepare_command = []
-[workers]
-count = 2
-gpus_per_worker = 0.0
-[judge]
-baseline_runs = 2
-[proposer]
-exclude = ["SEED", "MODE", "SLEEP", "NOISE"]
-"""
+FARM_TOML = SCRIPTED_CONFIG
 
 
 HEAD_HOME: dict[str, Path] = {}  # the head's default farm home, set by the `address` fixture
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -184,12 +165,7 @@ def head_home(tmp_path):
     port = free_port()
     url = head.head_redis(home, port=port)
     yield home, url, port
-    r = redis.Redis.from_url(url)
-    try:
-        r.shutdown(nosave=False)
-    except redis.ConnectionError:
-        pass  # it closed the connection on its way out
-    r.close()
+    shutdown_redis(url)
 
 
 def test_head_redis_is_durable_and_password_protected(head_home):
@@ -297,10 +273,4 @@ def test_the_cli_submits_reads_pulls_stops_and_resumes_a_cluster_run(address, tm
         assert {r["job"] for r in before} <= set(jobs_after) and len(jobs_after) == len(set(jobs_after))
         assert len({r["cand"] for r in after if r["purpose"] == "measure"}) == 8
     finally:
-        url = (home / "redis" / "url").read_text().strip()
-        r = redis.Redis.from_url(url)
-        try:
-            r.shutdown(nosave=False)
-        except redis.ConnectionError:
-            pass
-        r.close()
+        shutdown_redis((home / "redis" / "url").read_text().strip())

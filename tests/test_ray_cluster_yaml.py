@@ -18,6 +18,8 @@ import yaml
 from ray.autoscaler._private.util import check_legacy_fields, prepare_config, validate_config
 
 from cluster import config as farm_config
+from cluster import head
+from tests.farmkit import free_port, shutdown_redis
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"aws": ROOT / "ray_cluster.yaml", "gcp": ROOT / "configs" / "ray_cluster_gcp.yaml"}
@@ -116,7 +118,6 @@ def test_token_auth_and_graceful_stop(config):
 
 
 def test_the_head_runs_the_farms_redis_with_a_password(config, tmp_path):
-    from cluster import jobs
 
     _, _, prepared = config
     cmds = prepared["head_start_ray_commands"]
@@ -128,7 +129,7 @@ def test_the_head_runs_the_farms_redis_with_a_password(config, tmp_path):
     # the very command: its config has a password and an append-only file, and no world binding
     import redis
 
-    url = jobs.head_redis(tmp_path / "home", port=_free_port())
+    url = head.head_redis(tmp_path / "home", port=free_port())
     try:
         conf = (tmp_path / "home" / "redis" / "redis.conf").read_text().splitlines()
         assert any(line.startswith("requirepass ") and len(line.split()[1]) >= 32 for line in conf)
@@ -138,17 +139,4 @@ def test_the_head_runs_the_farms_redis_with_a_password(config, tmp_path):
         with pytest.raises(redis.AuthenticationError):
             redis.Redis.from_url(url.replace(url.split("@")[0], "redis://")).ping()
     finally:
-        r = redis.Redis.from_url(url)
-        try:
-            r.shutdown(nosave=False)
-        except redis.ConnectionError:
-            pass
-        r.close()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        shutdown_redis(url)
