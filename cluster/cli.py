@@ -167,7 +167,7 @@ def status_dict(store) -> dict:
                     for j in store.running_jobs()],
         "experiments_measured": len({r.cand for r in results}), "measurements": len(results),
         "refused_late_results": len(store.refused()), "merged": board, "why_ended": meta.get("why"),
-        "cost": costs(store),
+        "cost": costs(store), "workers": store.live_workers(),
     }
 
 
@@ -180,6 +180,10 @@ def _print_status(s: dict) -> None:
     print("candidates: " + ", ".join(f"{k} {v}" for k, v in sorted(s["candidates"].items())) + f"; queued jobs {s['queued']}")
     for r in s["running"]:
         print(f"  running {r['cand']} on {r['worker']} (attempt {r['attempt']})")
+    if s["workers"]:
+        now = time.time()
+        print("workers: " + ", ".join(f"{n} ({w.get('accelerator', '?')}, seen {now - w['at']:.0f}s ago)"
+                                      for n, w in sorted(s["workers"].items())))
     for m in s["merged"]:
         print(f"  {m['commit']} {m['val_bpb']:.6f} {m['cand']} {m['description']}")
     c = s["cost"]

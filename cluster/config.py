@@ -51,6 +51,8 @@ class WorkersConfig:
     price_per_gpu_hour: float = 0.0  # USD, for cost accounting (per experiment, per merged improvement)
     max_lost: int = 3  # attempts lost with their worker before a candidate is failed as poison
     lease_slack: float = 60.0  # a worker silent this long past budget + grace loses its job to the queue
+    heartbeat_seconds: float = 5.0  # how often the controller pings each worker
+    silent_after: float = 60.0  # a running worker that answers no ping this long loses its job to the queue
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,7 @@ _NON_NEGATIVE = {"run.max_experiments", "run.hours", "train.grace", "workers.cou
                  "proposer.max_retries", "proposer.backoff", "proposer.price_per_mtok_in",
                  "proposer.price_per_mtok_out", "workers.price_per_gpu_hour"}
 _POSITIVE = {"train.budget", "workers.cpus_per_worker", "workers.max_lost", "workers.lease_slack",
+             "workers.heartbeat_seconds", "workers.silent_after",
              "judge.baseline_runs", "judge.noise_k", "judge.default_noise", "proposer.concurrency",
              "proposer.max_tokens", "proposer.request_timeout", "proposer.agent_timeout"}
 

@@ -80,6 +80,8 @@ class Controller:
         )
         self.inflight: dict[str, InFlight] = {}
         self.restarting: dict[str, Any] = {}  # worker -> pending probe of a worker Ray is restarting
+        self.pings: dict[str, tuple[Any, float]] = {}  # worker -> (pending heartbeat ping, sent at)
+        self.last_ping: dict[str, float] = {}
         self.idle_since: dict[str, float] = {name: time.time() for name in self.workers}
         self.intake = Intake(self)
         self.metrics = FarmMetrics(tag)
@@ -137,6 +139,7 @@ class Controller:
     def step(self) -> None:
         self._collect(POLL_S)
         self._collect_probes()
+        self._heartbeats()
         self._reap_leases()
         self._judge_finished()
         self.intake.step()
@@ -248,6 +251,31 @@ class Controller:
         self.store.transition(cid, PENDING + (State.FINISHED.value,), State.FAILED.value,
                               decision={"action": "fail", "reason": reason})
         self.report(f"{cid} failed: {reason}")
+
+    def _heartbeats(self) -> None:
+        """Ping every worker each heartbeat_seconds (a thread of its own answers, even mid-run); an
+        answer records it live for `status`; a running worker silent for silent_after loses its job
+        to the queue at once, without waiting for its lease (a stopped or wedged process)."""
+        w, now = self.cfg.workers, time.time()
+        if self.pings:
+            refs = {ref: name for name, (ref, _) in self.pings.items()}
+            for ref in ray.wait(list(refs), num_returns=len(refs), timeout=0)[0]:
+                name = refs[ref]
+                del self.pings[name]
+                try:
+                    self.store.heartbeat(name, 3 * w.heartbeat_seconds, ray.get(ref))
+                except ray.exceptions.RayError:
+                    pass  # it died: its run's call fails too, and _collect re-queues the job
+        for name, slot in self.workers.items():
+            if name not in self.pings and name not in self.restarting and \
+                    now - self.last_ping.get(name, 0.0) >= w.heartbeat_seconds:
+                self.pings[name] = (slot.handle.info.remote(), now)
+                self.last_ping[name] = now
+        for name, flight in self.inflight.items():
+            ping = self.pings.get(name)
+            if flight.lost_at is None and ping and now - ping[1] > w.silent_after:
+                self._lost(flight.job, f"{name} answered no heartbeat for {w.silent_after:.0f}s")
+                flight.lost_at = now
 
     def _reap_leases(self) -> None:
         """A worker silent past its lease (stopped, hung, cut off) loses its job to the queue. Its

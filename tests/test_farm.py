@@ -289,6 +289,7 @@ def test_a_worker_stopped_past_its_lease_loses_its_job_and_its_late_result_is_re
     import threading
 
     cfg = farm_config(repo, **{"judge.baseline_runs": 1, "train.grace": 5.0, "workers.lease_slack": 1.0})
+    assert cfg.workers.silent_after > 10, "this test exercises the lease, not the heartbeat"
     farm = Farm(cfg, [("slow", {"SLEEP": "3.0"})])
     pids = {s.name: s.info["pid"] for s in farm.workers}
     events = []
@@ -325,4 +326,51 @@ def test_a_worker_stopped_past_its_lease_loses_its_job_and_its_late_result_is_re
         refused = farm.store.refused()
         assert len(refused) == 1 and refused[0]["attempt"] == 1 and refused[0]["reason"] == "stale attempt"
     finally:
+        farm.close()
+
+
+
+def test_a_worker_that_answers_no_heartbeat_loses_its_job_long_before_its_lease(ray_local, repo):
+    import signal
+    import threading
+
+    cfg = farm_config(repo, **{"judge.baseline_runs": 1, "train.grace": 60.0, "workers.lease_slack": 60.0,
+                               "workers.heartbeat_seconds": 0.5, "workers.silent_after": 3.0})
+    farm = Farm(cfg, [("slow", {"SLEEP": "3.0"})])
+    pids = {s.name: s.info["pid"] for s in farm.workers}
+    stopped: list[tuple[int, float]] = []
+
+    def stop_the_slow_one():
+        deadline = time.time() + 60
+        while time.time() < deadline and not stopped:
+            for job in farm.store.running_jobs():
+                if farm.store.get_candidate(job.cand).description == "slow":
+                    time.sleep(0.5)
+                    os.kill(pids[job.worker], signal.SIGSTOP)
+                    stopped.append((pids[job.worker], time.time(), job.worker))
+                    return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=stop_the_slow_one)
+    t.start()
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            farm.ctrl.step()
+            slow = farm.by_description().get("slow")
+            done = [r for r in farm.store.results() if slow and r.cand == slow.id]
+            if done:
+                break
+        t.join()
+        assert stopped, "the slow candidate never ran"
+        (result,) = done
+        assert result.attempt == 2 and result.finished_at - stopped[0][1] < 30, "re-run well inside the 124 s lease"
+        live = farm.store.live_workers()
+        assert stopped[0][2] not in live, "the stopped worker's heartbeat expired"
+        assert len(live) == 1, "the other one keeps answering"
+    finally:
+        for pid, _, _ in stopped:
+            os.kill(pid, signal.SIGCONT)
+        farm.ctrl.stop_requested = True
+        farm.ctrl.shutdown()
         farm.close()
