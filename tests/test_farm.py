@@ -238,7 +238,8 @@ def test_the_queue_never_runs_dry_while_workers_are_idle(ray_local, repo):
     try:
         farm.run()
         assert not starved, starved[:3]
-        assert len(farm.store.results()) == 2 + 10
+        purposes = [r.purpose for r in farm.store.results()]
+        assert purposes.count("baseline") >= 2 and purposes.count("measure") == 10, "every candidate ran"
     finally:
         farm.close()
 

@@ -152,6 +152,8 @@ ESCAPERS = textwrap.dedent("""
         time.sleep(0.01)
     with open(pids, "a") as f:
         f.write(f"{g.pid}\\n{os.getpid()}\\n")
+    with open(os.path.join(os.getcwd(), "token.txt"), "w") as f:
+        f.write(os.environ.get("AUTORESEARCH_RUN_TOKEN", ""))
     print("escapers ready", flush=True)
 """)
 
@@ -167,15 +169,14 @@ def test_timeout_kills_setsid_grandchild_and_double_forked_daemon(tmp_path: Path
     assert _wait_for(lambda: not any(_alive(p) for p in pids)), [p for p in pids if _alive(p)]
 
 
-def _run_cgroups() -> set[Path]:
-    """The per-run cgroups that exist now (other tests, or other farms on this machine, may own some)."""
-    base = cgroup_base()
-    return set(base.glob("autoresearch-run-*")) if base else set()
+def _own_cgroup(tmp_path: Path) -> Path:
+    """The cgroup of the run whose script wrote its token to tmp_path/token.txt (other tests, or
+    other farms on this machine, may run cgroups of their own at the same time)."""
+    return cgroup_base() / f"autoresearch-run-{(tmp_path / 'token.txt').read_text().strip()}"  # type: ignore[operator]
 
 
 @pytest.mark.parametrize("layer", LAYERS)
 def test_leftover_background_processes_die_after_a_normal_exit(tmp_path: Path, layer: str) -> None:
-    before = _run_cgroups()
     (tmp_path / "pids.txt").touch()
     out = _run(tmp_path, ESCAPERS + SUMMARY + "\n", containment=layer)
     assert out.status == "ok", out
@@ -183,7 +184,8 @@ def test_leftover_background_processes_die_after_a_normal_exit(tmp_path: Path, l
     assert len(pids) == 3
     assert _wait_for(lambda: not any(_alive(p) for p in pids)), [p for p in pids if _alive(p)]
     if layer == "cgroup":
-        assert _run_cgroups() <= before, "cgroup not removed"
+        assert (tmp_path / "token.txt").read_text().strip(), "the run's token reached it"
+        assert not _own_cgroup(tmp_path).exists(), "cgroup not removed"
 
 
 def test_environment_is_scrubbed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -317,10 +319,16 @@ def test_cgroup_layer_alone_holds_every_escaper(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("layer", LAYERS)
-def test_a_missing_command_raises_instead_of_blaming_the_candidate(tmp_path: Path, layer: str) -> None:
-    before = _run_cgroups()
+def test_a_missing_command_raises_instead_of_blaming_the_candidate(tmp_path: Path, layer: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import uuid
+
+    import worker.sandbox
+
+    known = uuid.UUID("0123456789abcdef0123456789abcdef")
+    monkeypatch.setattr(worker.sandbox.uuid, "uuid4", lambda: known)  # so this run's cgroup has a known name
     with pytest.raises(FileNotFoundError):
         run_training(["no-such-trainer-xyz"], tmp_path, log_path=tmp_path / "run.log", budget_s=5,
                      grace_s=1, env_extra={}, containment=layer)
     if layer == "cgroup":
-        assert _run_cgroups() <= before
+        assert not (cgroup_base() / f"autoresearch-run-{known.hex}").exists()  # type: ignore[operator]
