@@ -206,6 +206,20 @@ def test_5xx_until_give_up_returns_nothing_with_a_clear_error():
     assert "503" in p.last_error and "gave up after 3 attempts" in p.last_error and p.failed_requests == 1
 
 
+def test_a_request_past_its_timeout_is_retried_then_given_up_with_a_clear_error():
+    with OpenAIStub(responder=lambda body, i: text(DIFF, delay=3.0)) as stub:
+        p = llm(stub.url, request_timeout=0.5, max_retries=1)
+        assert p.propose(1, history()) == []
+        assert len(stub.requests) == 2, "one retry after the first timeout"
+    assert "timed out" in p.last_error.lower() and p.failed_requests == 1
+
+
+def test_a_slow_answer_inside_the_timeout_is_used():
+    with OpenAIStub([text(DIFF, delay=0.5)]) as stub:
+        [prop] = llm(stub.url, request_timeout=5.0).propose(1, history())
+    assert prop.source == LR05
+
+
 def test_connection_refused_is_fast_and_clear():
     url = closed_port_url()
     p = llm(url, max_retries=5, backoff=1.0)
