@@ -137,9 +137,6 @@ def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], N
             else:
                 raise RepoError(f"run tag {ctx.tag} already exists (branch autoresearch/{ctx.tag}); "
                                 f"pass --resume to continue it or choose another --tag")
-            pinned = cfg.with_overrides({"run.repo": str(ctx.repo_path), "run.tag": ctx.tag})
-            ctx.store.create_run({"tag": ctx.tag, "repo": str(ctx.repo_path), "created": time.time(),
-                                  "config": pinned.to_dict(), "status": "running"})
         started_ray = ray_glue.init_ray(ray_address, dashboard=dashboard, metrics_port=metrics_port)
         if started_ray:
             stack.callback(ray.shutdown)
@@ -159,10 +156,17 @@ def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], N
 
         old = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         stack.callback(lambda: [signal.signal(s, h) for s, h in old.items()])
+        if not resume:  # recorded only once everything is up: a failed start leaves no half run behind
+            pinned = cfg.with_overrides({"run.repo": str(ctx.repo_path), "run.tag": ctx.tag})
+            ctx.store.create_run({"tag": ctx.tag, "repo": str(ctx.repo_path), "created": time.time(),
+                                  "config": pinned.to_dict(), "status": "running"})
         ctx.store.update_run(status="running", redis=ctx.redis_url, run_dir=str(ctx.run_dir))
-        ctrl.start(resume)
         try:
+            ctrl.start(resume)
             why = ctrl.run()
+        except BaseException as e:  # recorded, so `status` says so and the embedded Redis is not kept for it
+            ctx.store.update_run(status="crashed", ended=time.time(), why=f"{type(e).__name__}: {e}"[:500])
+            raise
         finally:
             ctrl.shutdown()
         ctx.store.update_run(status="stopped" if why == "stopped" else "done", ended=time.time(), why=why)

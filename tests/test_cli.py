@@ -158,3 +158,13 @@ def test_the_farms_metrics_are_on_rays_prometheus_endpoint_during_a_run(target, 
         proc.wait(timeout=120)
     assert found and all(v is not None for v in found.values()), found
     assert found["ok"] >= 1 and 0.9 < found["best"] < 1.1 and 0.0 <= found["busy"] <= 1.0
+
+
+def test_a_run_that_cannot_start_says_why_and_leaves_nothing_behind(target, tmp_path):
+    cfg = str(tmp_path / "farm.toml")
+    out = farm("run", "--config", cfg, "--tag", "X", "--workers", "64", "--no-dashboard", cwd=target)
+    assert out.returncode == 2 and "64 workers need 64 CPUs" in out.stderr and "--workers" in out.stderr
+    status = farm("status", "--config", cfg, "--tag", "X", cwd=target)
+    assert status.returncode == 2 and "no run 'X'" in status.stderr
+    again = farm("run", "--config", cfg, "--tag", "X", "--max-experiments", "1", "--no-dashboard", cwd=target)
+    assert again.returncode == 0, again.stdout + again.stderr
