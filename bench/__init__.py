@@ -1,0 +1,1 @@
+"""Benchmarks of the farm (docs/BENCHMARKS.md has the numbers). Each module is a script with --help."""
