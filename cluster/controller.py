@@ -177,7 +177,10 @@ class Controller:
             time.sleep(timeout)
             return
         refs = {f.ref: name for name, f in self.inflight.items()}
-        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+        # wake on the first finished run, then take every other one already done
+        ready, rest = ray.wait(list(refs), num_returns=1, timeout=timeout)
+        if ready and rest:
+            ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
         for ref in ready:
             name = refs[ref]
             flight = self.inflight.pop(name)

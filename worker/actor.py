@@ -141,13 +141,12 @@ class Worker:
 
     @staticmethod
     def _visible_gpus() -> list[str]:
-        try:
-            import ray
+        import ray
 
+        if ray.is_initialized():  # ray.get_gpu_ids() outside Ray would start a local cluster
             return [str(g) for g in ray.get_gpu_ids()]
-        except Exception:  # not inside Ray (tests call the class directly)
-            cvd = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-            return [g for g in cvd.split(",") if g]
+        cvd = os.environ.get("CUDA_VISIBLE_DEVICES", "")  # not inside Ray (tests call the class directly)
+        return [g for g in cvd.split(",") if g]
 
     def info(self) -> dict[str, Any]:
         return {
