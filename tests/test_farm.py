@@ -322,7 +322,7 @@ def test_a_worker_stopped_past_its_lease_loses_its_job_and_its_late_result_is_re
         t.join()
         assert [e[0] for e in events] == ["stopped", "continued"], events
         slow = farm.by_description()["slow"]
-        (result,) = farm.store.results(slow.id)
+        (result,) = [r for r in farm.store.results(slow.id) if r.purpose == "measure"]  # (noise may add a confirm)
         assert result.attempt == 2 and result.worker != events[0][1], "re-run elsewhere"
         refused = farm.store.refused()
         assert len(refused) == 1 and refused[0]["attempt"] == 1 and refused[0]["reason"] == "stale attempt"

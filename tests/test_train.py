@@ -114,7 +114,7 @@ def test_same_seed_gives_the_same_loss_curve_on_cpu(small_corpus, tmp_path):
     constant = (ROOT / "train.py").read_text().replace("WARMDOWN_RATIO = 0.5 ", "WARMDOWN_RATIO = 0.0 ")
     assert "WARMDOWN_RATIO = 0.0 " in constant
     d = workdir(tmp_path / "constant", constant)
-    env = dict(env, AUTORESEARCH_TIME_BUDGET="4")
+    env = dict(env, AUTORESEARCH_TIME_BUDGET="8")
     first = run(d, env, "train.py", timeout=120)
     second = run(d, env, "train.py", timeout=120)
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
