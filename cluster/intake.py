@@ -201,8 +201,10 @@ class Intake:
         cands = c.store.candidates()
         outcomes = []
         for cand in cands:
+            # stale ones are left out: they could not be rebased, which says nothing about their idea
+            # (scored as a failure, they punished the very constant a merge had just improved)
             if cand.origin == "baseline" or not cand.decision or cand.state not in (
-                    State.MERGED.value, State.DISCARDED.value, State.STALE.value):
+                    State.MERGED.value, State.DISCARDED.value):
                 continue
             runs = [r for r in c.measured(cand.commit) if r.cand == cand.id]
             status = RunStatus.OK.value if any(r.status == RunStatus.OK.value for r in runs) else (
