@@ -238,8 +238,8 @@ def measure(n: int, duration: float, rounds: int, *, win_prob: float, cpus_per_w
         cpu_per_run={g: per_run(v, n_runs) for g, v in cpu.items()},
         machine_busy=(end["machine_busy"] - start["machine_busy"]) / max(1e-9, end["machine_total"] - start["machine_total"]),
         redis_cmds_per_run=per_run(end["commands"] - start["commands"], n_runs),
-        redis_top={k: per_run(v - start["cmdstats"].get(k, 0), n_runs) for k, v in sorted(
-            end["cmdstats"].items(), key=lambda kv: start["cmdstats"].get(kv[0], 0) - kv[1])[:6]},
+        redis_by_command={k: per_run(v - start["cmdstats"].get(k, 0), n_runs) for k, v in sorted(
+            end["cmdstats"].items(), key=lambda kv: start["cmdstats"].get(kv[0], 0) - kv[1])},
         other_top=dict(sorted(((k, per_run(v - start["other"].get(k, 0.0), n_runs)) for k, v in end["other"].items()),
                               key=lambda kv: -kv[1])[:5]),
         loop_busy_per_run=per_run(out["loop_wall"] - waited, len(runs)),
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(m)
                 print(f"  done: {m['why']}; actors started in {m['actor_start_s']:.0f} s; phases (s): "
                       + ", ".join(f"{k} {v:.1f}" for k, v in list(m["phases"].items())[:6])
-                      + "; redis per run: " + ", ".join(f"{k} {v:.0f}" for k, v in m["redis_top"].items()), flush=True)
+                      + "; redis per run: " + ", ".join(f"{k} {v:.0f}" for k, v in list(m["redis_by_command"].items())[:6]), flush=True)
     finally:
         ray.shutdown()
     if args.json:

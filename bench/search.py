@@ -127,7 +127,7 @@ def _fmt_h(xs: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="See the module docstring for what is and is not modelled.")
-    ap.add_argument("--quick", action="store_true", help="5 seeds, 8 h (about a minute)")
+    ap.add_argument("--quick", action="store_true", help="5 seeds, 8 h (about 30 s)")
     ap.add_argument("--workers", type=int, default=16, help="workers of the parallel farm (default 16)")
     ap.add_argument("--seeds", type=int, default=12, help="seeds (measurement noise and proposer) per setting")
     ap.add_argument("--hours", type=float, default=24.0,

@@ -119,7 +119,6 @@ class Outcomes:
     end: float = 0.0
 
 
-
 class Sim:
     """A discrete-event run of the farm's policies with ``workers`` workers (see the module docstring)."""
 
