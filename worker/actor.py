@@ -141,9 +141,8 @@ class Worker:
 
     @staticmethod
     def _visible_gpus() -> list[str]:
-        import ray
-
-        if ray.is_initialized():  # ray.get_gpu_ids() outside Ray would start a local cluster
+        ray = sys.modules.get("ray")  # not imported: not inside Ray (and Ray need not be installed)
+        if ray is not None and ray.is_initialized():  # ray.get_gpu_ids() outside Ray would start a local cluster
             return [str(g) for g in ray.get_gpu_ids()]
         cvd = os.environ.get("CUDA_VISIBLE_DEVICES", "")  # not inside Ray (tests call the class directly)
         return [g for g in cvd.split(",") if g]

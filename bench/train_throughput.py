@@ -1,0 +1,199 @@
+"""Training throughput and the worker-side overhead of one experiment, through the farm's own worker.
+
+What runs: ``train.py`` of this repository, ``--runs`` times in a row, through the same
+:class:`worker.actor.Worker` the farm's Ray actors wrap (scrubbed environment, containment,
+network namespace, frozen-file check, the compile caches kept under the worker's root). No Ray,
+Redis or git: this measures one worker, so it also runs where those are not installed. The
+compile caches start empty, so run 1 is a cold start and the later runs are warm ones.
+
+Per run it reports, from the summary block and from the time each log line appeared:
+  val_bpb, training_seconds, tokens/s (median of the second half of the step lines), MFU,
+  peak VRAM;
+  startup    process start -> first step line (imports, data, model, the first compiled step);
+  eval       last step line -> process exit (evaluation, summary, exit);
+  overhead   the worker's whole call minus training_seconds: everything an experiment costs
+             around its budget, as a fraction of the budget too.
+
+Prepare the data first (``python prepare.py``). Examples:
+  python bench/train_throughput.py --quick              # CPU: two 10 s runs
+  python bench/train_throughput.py --runs 2 --budget 300 --warm-budget 60 --json out.json   # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from worker.actor import Worker
+
+REPO = Path(__file__).resolve().parent.parent
+STEP_LINE = re.compile(r"^step (\d+) \|.*?\| ([\d,]+) tok/s")
+
+
+class LineClock:
+    """Follows a growing log file on a thread and notes when step lines first appear."""
+
+    def __init__(self, path: Path, poll_s: float = 0.1):
+        self.path, self.poll_s = path, poll_s
+        self.first_step: float | None = None
+        self.last_step: float | None = None
+        self.tok_per_s: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+
+    def __enter__(self) -> "LineClock":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _follow(self) -> None:
+        offset, partial = 0, b""
+        while True:
+            stopping = self._stop.is_set()
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+            except FileNotFoundError:
+                chunk = b""
+            offset += len(chunk)
+            lines = (partial + chunk).split(b"\n")
+            partial = lines.pop()
+            now = time.time()
+            for raw in lines:
+                self.feed(raw.decode("utf-8", "replace").rstrip("\r"), now)
+            if stopping:
+                return
+            self._stop.wait(self.poll_s)
+
+    def feed(self, line: str, now: float) -> None:
+        m = STEP_LINE.match(line)
+        if m:
+            self.first_step = self.first_step if self.first_step is not None else now
+            self.last_step = now
+            self.tok_per_s.append(float(m.group(2).replace(",", "")))
+
+
+def steady_rate(rates: list[float]) -> float | None:
+    """Median tokens/s over the second half of the steps (past compilation and warm-up)."""
+    half = rates[len(rates) // 2:]
+    return statistics.median(half) if half else None
+
+
+def measure(worker: Worker, files: dict[str, bytes], index: int, budget: float) -> dict[str, Any]:
+    worker.settings["budget"] = budget
+    job = {"id": f"run{index}", "cand": "bench", "commit": "HEAD", "attempt": 1, "purpose": "measure"}
+    log_path = worker.root / "logs" / f"bench-run{index}-a1.log"
+    t0 = time.time()
+    with LineClock(log_path) as clock:
+        out = worker.run(job, files, harness_digest="bench")
+    call_s = time.time() - t0
+    r = out["result"]
+    s = r.get("summary") or {}
+    trained = r.get("training_seconds")
+    row = {
+        "run": index, "cache": "cold" if index == 1 else "warm", "budget": budget, "status": r["status"],
+        "reason": r.get("reason"), "val_bpb": r.get("val_bpb"), "training_seconds": trained,
+        "wall_seconds": round(r["wall_seconds"], 2), "call_seconds": round(call_s, 2),
+        "startup_seconds": round(clock.first_step - t0, 2) if clock.first_step else None,
+        "eval_seconds": round(r["finished_at"] - clock.last_step, 2) if clock.last_step else None,
+        "overhead_seconds": round(call_s - trained, 2) if trained is not None else None,
+        "tok_per_s": steady_rate(clock.tok_per_s), "steps": s.get("num_steps"), "mfu_percent": s.get("mfu_percent"),
+        "peak_vram_mb": s.get("peak_vram_mb"), "total_tokens_M": s.get("total_tokens_M"),
+        "num_params_M": s.get("num_params_M"), "containment": r.get("containment"), "log": r.get("log_path"),
+    }
+    row["overhead_fraction"] = round(row["overhead_seconds"] / budget, 4) if row["overhead_seconds"] is not None else None
+    if r["status"] != "ok":
+        row["log_tail"] = r.get("log_tail")
+    return row
+
+
+def machine() -> dict[str, Any]:
+    info = {"host": platform.node(), "cpus": __import__("os").cpu_count(), "python": platform.python_version()}
+    if shutil.which("nvidia-smi"):
+        q = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                           capture_output=True, text=True)
+        info["gpu"] = q.stdout.strip() or q.stderr.strip()
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=2, help="runs in a row; run 1 starts with empty compile caches")
+    ap.add_argument("--budget", type=float, default=300.0, help="training seconds of run 1")
+    ap.add_argument("--warm-budget", type=float, default=None, help="training seconds of runs 2+ (default: --budget)")
+    ap.add_argument("--grace", type=float, default=180.0, help="seconds past the budget before a run is killed")
+    ap.add_argument("--work-root", default=None, help="the worker's directory (default: a fresh temporary one)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--no-netns", action="store_true", help="do not isolate the network (as train.isolate_network=false)")
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra environment for train.py (as train.env; repeatable)")
+    ap.add_argument("--json", default=None, help="write the rows and the machine here")
+    ap.add_argument("--quick", action="store_true", help="two 10 s runs (CPU-sized)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.runs, args.budget, args.warm_budget, args.grace = 2, 10.0, 10.0, 120.0
+    warm_budget = args.warm_budget if args.warm_budget is not None else args.budget
+
+    root = Path(args.work_root or tempfile.mkdtemp(prefix="arf-train-bench-"))
+    for cache in ("inductor-cache", "triton-cache"):  # run 1 must be a cold start
+        shutil.rmtree(root / "bench" / cache, ignore_errors=True)
+    worker = Worker({
+        "name": "bench", "work_root": str(root), "command": ["python", "train.py"], "prepare_command": [],
+        "budget": args.budget, "grace": args.grace, "cache_dir": "", "isolate_network": not args.no_netns,
+        "env": dict(kv.split("=", 1) for kv in args.env), "cpu_threads": args.threads, "device": "", "frozen": ["prepare.py"],
+    })
+    files = {name: (REPO / name).read_bytes() for name in ("train.py", "prepare.py")}
+    report: dict[str, Any] = {"machine": machine(), "accelerator": worker.accelerator, "rows": []}
+    print(f"machine: {report['machine']}", flush=True)
+    for i in range(1, args.runs + 1):
+        budget = args.budget if i == 1 else warm_budget
+        print(f"run {i}/{args.runs}: budget {budget:g} s ...", flush=True)
+        row = measure(worker, files, i, budget)
+        report["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1))
+        if row["status"] != "ok":
+            print(f"run {i} ended {row['status']} ({row['reason']}); stopping", flush=True)
+            return 1
+    print(format_rows(report["rows"]))
+    print(headline(report["rows"]))
+    return 0
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    cols = ["run", "cache", "budget", "val_bpb", "training_seconds", "startup_seconds", "eval_seconds",
+            "overhead_seconds", "overhead_fraction", "tok_per_s", "mfu_percent", "peak_vram_mb"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join("" if r.get(c) is None else f"{r[c]:,.4g}" if isinstance(r[c], float)
+                                       else str(r[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def headline(rows: list[dict[str, Any]]) -> str:
+    parts = [f"{r['cache']} run: overhead {r['overhead_seconds']:.1f} s around a {r['budget']:g} s budget "
+             f"({100 * r['overhead_fraction']:.1f} %), val_bpb {r['val_bpb']:.4f}" for r in rows]
+    return "headline: " + "; ".join(parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
