@@ -30,6 +30,10 @@ Choices and trade-offs
   down) kills the tree and returns ``crash`` with reason ``"cancelled"``. It is *not* the
   candidate's fault: the caller must re-queue the job rather than record the result. Latency is
   at most ``poll_s``.
+* **Hidden paths** (``hide``: the validation data, say) are seen empty by the run where the
+  sandbox's ``hidden`` layer is available (a warning otherwise, not an error);
+  ``hidden_touched`` lists those the run opened, read or listed anyway. The runner only reports
+  it: deciding that this is cheating is the caller's (or the judge's) call.
 * **Start failures raise** (missing executable or cwd, a containment layer that was required but
   is unavailable: :class:`worker.sandbox.SandboxError`): that is the farm's configuration, not
   the candidate's code, and must not be recorded as a crashed candidate.
@@ -77,8 +81,9 @@ class RunOutcome:
     summary: dict[str, Any] | None
     log_tail: str
     reason: str  # why a non-ok status was given ("" for ok)
-    containment: list[str] = field(default_factory=list)  # e.g. ["cgroup", "netns"]
+    containment: list[str] = field(default_factory=list)  # e.g. ["cgroup", "netns", "hidden"]
     timed_out: bool = False
+    hidden_touched: list[str] = field(default_factory=list)  # hidden paths the run opened or read
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,13 +167,15 @@ def run_training(
     containment: str = "auto",
     max_log_bytes: int | None = DEFAULT_MAX_LOG_BYTES,
     allow: tuple[str, ...] = DEFAULT_ALLOW,
+    hide: Sequence[Path] = (),
 ) -> RunOutcome:
     """Run ``cmd`` in ``cwd`` until it exits, ``budget_s + grace_s`` pass, or ``cancel`` is set.
 
     ``env_extra`` goes on top of the scrubbed environment (put ``AUTORESEARCH_TIME_BUDGET``
     there). ``containment``: ``"auto"`` | ``"cgroup"`` | ``"process-tracking"`` (see
     :func:`worker.sandbox.start_sandboxed`). ``memory_limit_bytes`` is applied only where a cgroup
-    memory controller is available (``"memory.max"`` then appears in ``containment``).
+    memory controller is available (``"memory.max"`` then appears in ``containment``). ``hide``:
+    paths the run must see empty (``"hidden"`` then appears in ``containment``).
     """
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,7 +191,7 @@ def run_training(
         stop = ""  # why the runner stopped the run: "" (it exited) | timeout | cancel | log
         with start_sandboxed(cmd, Path(cwd), env, logf, containment=containment,
                              isolate_network=isolate_network,
-                             memory_limit_bytes=memory_limit_bytes) as sp:
+                             memory_limit_bytes=memory_limit_bytes, hide=hide) as sp:
             tracking = sp.layers[0] == "process-tracking"
             while True:
                 wait = min(poll_s, max(0.0, deadline - time.monotonic()))
@@ -208,6 +215,7 @@ def run_training(
             code = sp.reap()
             oom_kills = sp.oom_kills()
             layers = list(sp.layers)
+            touched = sp.hidden_touched()  # every process of the run is gone: the list is final
         end_offset = os.fstat(logf.fileno()).st_size
         follower.poll(end_offset)
         summary = parse_summary(_read_range(log_path, start_offset, end_offset, SUMMARY_WINDOW))
@@ -228,10 +236,13 @@ def run_training(
 
         outcome = RunOutcome(status=status.value, exit_code=code, wall_seconds=round(wall, 3),
                              summary=summary, log_tail=log_tail, reason=reason,
-                             containment=layers, timed_out=stop == "timeout")
+                             containment=layers, timed_out=stop == "timeout",
+                             hidden_touched=touched)
         logf.write(f"=== autoresearch run end status={outcome.status} exit={code} "
-                   f"wall={wall:.1f}s containment={'+'.join(layers)} reason={reason!r} ===\n"
-                   .encode())
+                   f"wall={wall:.1f}s containment={'+'.join(layers)} reason={reason!r}"
+                   f"{f' hidden_touched={touched}' if touched else ''} ===\n".encode())
+    if touched:
+        log.warning("run in %s opened hidden paths: %s", cwd, ", ".join(touched))
     log.info("run in %s: %s (%s) in %.1f s [%s]", cwd, outcome.status, reason or "-", wall,
              "+".join(layers))
     return outcome

@@ -35,6 +35,28 @@ Layers, and when each is used
     probed once (:func:`network_isolation_available`). Requested but unavailable is an error
     (:class:`SandboxError`), not a silent downgrade. Not covered: UNIX sockets on the filesystem
     (Ray's ``/tmp/ray/session_*/sockets``, a Redis socket), shared memory, the GPU itself.
+``hidden`` (optional, ``hide=[paths]``)
+    Each existing path in ``hide`` (the validation data in the data cache, say) is covered, for
+    the child only, by an empty decoy bind-mounted over it in a private mount namespace: an empty
+    read-only file over a file, an empty directory over a directory. The namespace comes from
+    ``unshare -m`` (root) or ``unshare -rm`` (user namespace), the same single ``unshare`` as the
+    network layer when both are used (``-nm`` / ``-rnm``); util-linux makes its mount propagation
+    private, so nothing shows outside. Decoys are made fresh for each run in a private (0700)
+    temporary directory, removed at close, and watched with inotify from before the start; as
+    only this run's namespace has them bound, :meth:`SandboxedProcess.hidden_touched` names the
+    hidden paths this run opened, read or listed (a ``stat`` or ``exists`` goes unseen).
+    A bind that fails at the start ends the run (exit 125) instead of running it unhidden.
+    Availability is probed once, with a real bind mount (:func:`hiding_available`). Requested but
+    unavailable is a logged warning, not an error, and ``hidden`` is then absent from the layers;
+    without inotify the paths are hidden but touches go unreported. Not covered: paths not listed
+    (a copy of the data elsewhere, a cache derived from it); a process that reaches a mount
+    namespace outside: as real root (``-m``), ``/proc/<worker pid>/root/<path>`` and ``nsenter -t
+    <worker pid> -m`` show the real file (in a user namespace, ``-rm``, both are refused);
+    ``umount <path>``: the child is root in its namespace (real root, or root of its own user
+    namespace), and the bind mounts were made inside it, so they are not locked: ``umount``
+    succeeds in both modes and uncovers the real file, unseen by the watch (mounts are locked
+    only when a namespace is copied into a less privileged user namespace, which would take a
+    second, nested ``unshare -rm``).
 
 Memory without a cgroup: none, deliberately. ``RLIMIT_AS`` breaks CUDA (the driver reserves
 terabytes of virtual address space); ``RLIMIT_DATA`` counts private writable mappings (pinned
@@ -52,13 +74,17 @@ Real isolation needs a dedicated unprivileged user or a container per run.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import os
 import select
+import shlex
 import shutil
 import signal
+import struct
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -75,7 +101,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_ALLOW", "DENY", "TOKEN_VAR", "SandboxError", "SandboxedProcess", "cgroup_base",
-    "network_isolation_available", "scrubbed_env", "start_sandboxed",
+    "hiding_available", "network_isolation_available", "scrubbed_env", "start_sandboxed",
 ]
 
 TOKEN_VAR = "AUTORESEARCH_RUN_TOKEN"
@@ -104,7 +130,8 @@ _JOIN_CGROUP = (  # $1: cgroup.procs of the run's cgroup, then the command
     'echo $$ > "$1" 2>/dev/null || echo "autoresearch-sandbox: could not join cgroup" >&2; '
     'shift; exec "$@"'
 )
-_LO_UP = 'ip link set lo up 2>/dev/null; exec "$@"'
+_LO_UP = "ip link set lo up 2>/dev/null; "
+IN_ACCESS, IN_OPEN, IN_Q_OVERFLOW = 0x1, 0x20, 0x4000  # <sys/inotify.h>
 
 
 class SandboxError(FarmError):
@@ -158,10 +185,100 @@ def network_isolation_available() -> str | None:
     return None
 
 
-def _netns_prefix(layer: str) -> list[str]:
-    flag = "-n" if layer == "netns" else "-rn"
-    prefix = [shutil.which("unshare") or "unshare", flag, "--"]
-    return prefix + ([_sh(), "-c", _LO_UP, "autoresearch-netns"] if shutil.which("ip") else [])
+def _unshare_prefix(flags: str, lo_up: bool, binds: Mapping[Path, Path]) -> list[str]:
+    """``unshare -<flags>``, then an ``sh`` prelude that brings ``lo`` up and bind-mounts each
+    decoy over its hidden path (failing closed: exit 125) before it execs the command."""
+    q = shlex.quote
+    script = (_LO_UP if lo_up else "") + "".join(
+        f"{q(shutil.which('mount') or 'mount')} --bind {q(str(d))} {q(os.path.abspath(p))} || "
+        f"{{ echo {q(f'autoresearch-sandbox: cannot hide {p}')} >&2; exit 125; }}; "
+        for d, p in binds.items())
+    prefix = [shutil.which("unshare") or "unshare", f"-{flags}", "--"]
+    return prefix + ([_sh(), "-c", script + 'exec "$@"', "autoresearch-ns"] if script else [])
+
+
+def _can_hide(flag: str) -> bool:
+    """Whether a bind mount works under ``unshare <flag>``: hides a temporary file, and checks."""
+    with tempfile.TemporaryDirectory(prefix="autoresearch-hide-probe-") as tmp:
+        decoy, real = Path(tmp, "decoy"), Path(tmp, "real")
+        decoy.touch()
+        real.write_text("x")
+        argv = _unshare_prefix(flag.lstrip("-"), False, {decoy: real})
+        try:
+            r = subprocess.run(argv + [_sh(), "-c", 'test ! -s "$1"', "probe", str(real)],
+                               capture_output=True, timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError) as e:
+            log.debug("unshare %s failed: %s", flag, e)
+            return False
+    if r.returncode != 0:
+        log.debug("unshare %s + bind mount: %s", flag, r.stderr.decode(errors="replace").strip())
+    return r.returncode == 0
+
+
+@functools.lru_cache(maxsize=1)
+def hiding_available() -> str | None:
+    """The ``unshare`` flag (``-m`` as root, else ``-rm``) under which the ``hidden`` layer works
+    here, or None. Probed once."""
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        log.info("hiding unavailable: no unshare or mount binary")
+        return None
+    for flag in (["-m"] if os.geteuid() == 0 else []) + ["-rm"]:
+        if _can_hide(flag):
+            return flag
+    log.info("hiding unavailable: unshare -m/-rm with a bind mount refused")
+    return None
+
+
+def _make_decoys(paths: Sequence[Path]) -> tuple[Path, dict[Path, Path]]:
+    """A private directory with one empty decoy per path: decoy -> path, deepest paths first (so
+    a hidden path inside another hidden directory is bound before that directory is covered)."""
+    tmp = Path(tempfile.mkdtemp(prefix="autoresearch-hide-"))  # mode 0700
+    decoys = {}
+    for i, p in enumerate(sorted(paths, key=lambda p: -len(Path(os.path.abspath(p)).parts))):
+        d = tmp / str(i)
+        d.mkdir() if p.is_dir() else d.touch()
+        d.chmod(0o555 if p.is_dir() else 0o444)  # exact, whatever the umask
+        decoys[d] = p
+    return tmp, decoys
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.inotify_init1, libc.inotify_add_watch  # noqa: B018 -- AttributeError if missing
+        return libc
+    except (OSError, AttributeError) as e:
+        log.warning("no inotify (%s): hidden paths are hidden, but touching them goes unreported", e)
+        return None
+
+
+def _watch(decoys: Mapping[Path, Path]) -> tuple[int | None, dict[int, str]]:
+    """An inotify fd watching each decoy for opens and reads, and watch descriptor -> hidden path."""
+    libc = _libc()
+    fd = -1 if libc is None else libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        if libc is not None:
+            log.warning("inotify_init1: %s: touches of hidden paths go unreported",
+                        os.strerror(ctypes.get_errno()))
+        return None, {}
+    watches = {}
+    for d, p in decoys.items():
+        wd = libc.inotify_add_watch(fd, os.fsencode(d), IN_OPEN | IN_ACCESS)
+        if wd < 0:
+            log.warning("cannot watch the decoy of %s: %s", p, os.strerror(ctypes.get_errno()))
+        else:
+            watches[wd] = str(p)
+    return fd, watches
+
+
+def _drop_decoys(tmp: Path | None, fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+    if tmp is not None:  # a child that was root in its namespace may have written into a decoy
+        for d, _, _ in os.walk(tmp):
+            os.chmod(d, 0o700)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _own_cgroup_dir() -> Path | None:
@@ -249,8 +366,12 @@ class SandboxedProcess:
     token: str
     layers: list[str]  # first the kill layer ("cgroup" | "process-tracking"), then the others
     cgroup: Path | None = None
+    hide_dir: Path | None = None  # the run's decoys (layer "hidden")
     _seen: dict[int, float] = field(default_factory=dict)  # descendant pid -> create time
     _pidfd: int | None = None
+    _inotify: int | None = None
+    _watches: dict[int, str] = field(default_factory=dict)  # watch descriptor -> hidden path
+    _touched: set[str] = field(default_factory=set)
 
     @property
     def pid(self) -> int:
@@ -346,6 +467,26 @@ class SandboxedProcess:
             log.error("run %s: pid %d does not die (stuck in the kernel?)", self.token, self.pid)
             return None
 
+    def hidden_touched(self) -> list[str]:
+        """The hidden paths (as given in ``hide``) whose decoy was opened, read or listed so far;
+        [] without the layer or without inotify."""
+        while self._inotify is not None:
+            try:
+                buf = os.read(self._inotify, 65536)
+            except BlockingIOError:
+                break
+            off = 0
+            while off + 16 <= len(buf):  # struct inotify_event: int wd; u32 mask, cookie, len
+                wd, mask, _, n = struct.unpack_from("iIII", buf, off)
+                off += 16 + n
+                if mask & IN_Q_OVERFLOW:  # only decoys are watched: something was touched
+                    log.warning("run %s: inotify queue overflow; counting every hidden path "
+                                "as touched", self.token)
+                    self._touched.update(self._watches.values())
+                elif wd in self._watches:
+                    self._touched.add(self._watches[wd])
+        return sorted(self._touched)
+
     def oom_kills(self) -> int:
         """How many processes the cgroup's memory limit killed (0 without one)."""
         try:
@@ -357,12 +498,16 @@ class SandboxedProcess:
         return 0
 
     def close(self) -> None:
-        """Kill whatever is left, reap the main process, remove the cgroup. Idempotent."""
+        """Kill whatever is left, reap the main process, remove the cgroup and the decoys (what
+        :meth:`hidden_touched` saw stays). Idempotent."""
         self.kill_tree()
         self.reap()
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+        self.hidden_touched()
+        _drop_decoys(self.hide_dir, self._inotify)
+        self.hide_dir = self._inotify = None
         if self.cgroup is not None and self.cgroup.exists():
             _remove_cgroup(self.cgroup)
 
@@ -406,11 +551,14 @@ def start_sandboxed(
     containment: str = "auto",
     isolate_network: bool = False,
     memory_limit_bytes: int | None = None,
+    hide: Sequence[Path] = (),
 ) -> SandboxedProcess:
     """Start ``cmd`` in its own session with the given (already scrubbed) ``env``, contained.
 
     ``containment``: ``"auto"`` (cgroup when available, else process-tracking), ``"cgroup"``
     (error when unavailable) or ``"process-tracking"`` (forced fallback). stderr goes to stdout.
+    ``hide``: paths the command must see empty (layer ``hidden``, when available; missing paths
+    are skipped).
     """
     if containment not in ("auto", "cgroup", "process-tracking"):
         raise ValueError(f"containment must be auto, cgroup or process-tracking, not {containment!r}")
@@ -421,13 +569,22 @@ def start_sandboxed(
     base = cgroup_base() if containment != "process-tracking" else None
     if containment == "cgroup" and base is None:
         raise SandboxError("cgroup containment requested, but no writable cgroup v2 here")
-    argv, layers, cg = list(cmd), [], None
+    argv, layers, cg, ns = list(cmd), [], None, ""  # ns: the unshare flags
     if isolate_network:
         net = network_isolation_available()
         if net is None:
             raise SandboxError("network isolation requested, but unshare -n/-rn does not work here")
-        argv = _netns_prefix(net) + argv
-        layers.append(net)
+        ns = "rn" if net == "userns-netns" else "n"
+    hidden = [Path(p) for p in hide if os.path.exists(p)]
+    flag = hiding_available() if hidden else None
+    if hidden and flag is None:
+        log.warning("cannot hide %s: no private mount namespace here (unshare -m/-rm, mount)",
+                    ", ".join(map(str, hidden)))
+        hidden = []
+    if hidden and flag:  # one unshare for both layers: -nm, -rnm, -m or -rm
+        ns = ("r" if "r" in ns + flag else "") + ns.replace("r", "") + "m"
+    if isolate_network:
+        layers.append("userns-netns" if "r" in ns else "netns")
     if base is not None:
         cg = base / f"{_CG_PREFIX}{token}"
         try:
@@ -437,23 +594,33 @@ def start_sandboxed(
                 raise SandboxError(f"cannot create cgroup {cg}: {e}") from e
             log.warning("cannot create cgroup %s (%s); falling back to process-tracking", cg, e)
             cg = None
-    if cg is not None:
-        if memory_limit_bytes is not None and _memory_limit(base, cg, memory_limit_bytes):  # type: ignore[arg-type]
-            layers.append("memory.max")
-        argv = [_sh(), "-c", _JOIN_CGROUP, "autoresearch-sandbox", str(cg / "cgroup.procs")] + argv
+    if (cg is not None and memory_limit_bytes is not None
+            and _memory_limit(base, cg, memory_limit_bytes)):  # type: ignore[arg-type]
+        layers.append("memory.max")
     if memory_limit_bytes is not None and "memory.max" not in layers:
         log.warning("memory limit of %d bytes requested but no cgroup memory controller: "
                     "the run has no memory cap", memory_limit_bytes)
     child_env = dict(env)
     child_env[TOKEN_VAR] = token
+    hide_dir, decoys, inotify, watches = None, {}, None, {}
     try:
+        if hidden:
+            hide_dir, decoys = _make_decoys(hidden)
+            inotify, watches = _watch(decoys)  # before the start: no open can be missed
+            layers.append("hidden")
+        if ns:
+            argv = _unshare_prefix(ns, isolate_network and bool(shutil.which("ip")), decoys) + argv
+        if cg is not None:
+            argv = [_sh(), "-c", _JOIN_CGROUP, "autoresearch-sandbox", str(cg / "cgroup.procs")] + argv
         proc = subprocess.Popen(argv, cwd=cwd, env=child_env, stdin=subprocess.DEVNULL,
                                 stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)
     except BaseException:
         if cg is not None:
             _remove_cgroup(cg)
+        _drop_decoys(hide_dir, inotify)
         raise
-    sp = SandboxedProcess(proc=proc, token=token, layers=layers, cgroup=cg)
+    sp = SandboxedProcess(proc=proc, token=token, layers=layers, cgroup=cg, hide_dir=hide_dir,
+                          _inotify=inotify, _watches=watches)
     try:
         sp._pidfd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):
