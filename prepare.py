@@ -624,15 +624,58 @@ def check_val_split(directory, seq_len=None, eval_tokens=None, buffer_size=1000)
 # Evaluation: the fixed metric
 # ---------------------------------------------------------------------------
 
+# the farm sets this for a candidate's training run: evaluate_bpb then hands the weights over instead
+HANDOFF_ENV = "AUTORESEARCH_HANDOFF"
+EVAL_CHUNK_ELEMENTS = 2**26  # logits turned into float32 at a time by target_nats (256 MB)
+
+def target_nats(model, x, y, vocab_size):
+    """
+    Cross-entropy in nats of each target y[b, t] given row x[b, :t+1], as float32 [B, T]. The model
+    only supplies logits: model(x) must return [B, T, V] with V >= vocab_size (extra columns can only
+    take probability away); the softmax and the loss are computed here, so a model cannot report a
+    loss of its own.
+    """
+    logits = model(x)
+    if not (isinstance(logits, torch.Tensor) and logits.dim() == 3 and tuple(logits.shape[:2]) == tuple(x.shape)
+            and logits.size(-1) >= vocab_size):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"model(x) must return logits of shape [B, T, >= {vocab_size}] for x of shape "
+                         f"{tuple(x.shape)}, got {shape}")
+    nats = torch.empty(y.shape, dtype=torch.float32, device=y.device)
+    rows = max(1, EVAL_CHUNK_ELEMENTS // (x.size(1) * logits.size(-1)))
+    for i in range(0, x.size(0), rows):
+        chunk = logits[i:i + rows].float()
+        nats[i:i + rows] = torch.nn.functional.cross_entropy(
+            chunk.flatten(0, 1), y[i:i + rows].flatten(), reduction="none").view(chunk.shape[:2])
+    return nats
+
+def hand_off(model, path):
+    """Save the trained weights where the farm's trusted evaluator reads them (atomically); return nan."""
+    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper holds the real module here
+    state = {name: tensor.detach() for name, tensor in model.state_dict().items()}
+    tmp = f"{path}.{os.getpid()}.tmp"
+    torch.save({"format": 1, "state_dict": state}, tmp)
+    os.replace(tmp, path)
+    print("evaluate_bpb: weights handed to the farm's trusted evaluator, which computes val_bpb "
+          "(so this run prints nan)", flush=True)
+    return float("nan")
+
 @torch.no_grad()
 def evaluate_bpb(model, tokenizer, batch_size):
     """
     Validation bits per byte, independent of the vocabulary: sum the per-token cross-entropy (nats) of
     EVAL_TOKENS target tokens, divide by the UTF-8 bytes those tokens stand for, convert to bits.
     Targets that are special tokens (0 bytes, i.e. BOS) count in neither sum. The val loader is fresh
-    and deterministic, so every candidate is scored on the same tokens. model(x, y, reduction="none")
-    must return per-target losses ([B, T] or [B*T]). The model's train/eval mode is left as the caller set it.
+    and deterministic, so every candidate is scored on the same tokens. model(x) must return logits
+    [B, T, V] (see target_nats). The model's train/eval mode is left as the caller set it.
+
+    Under the farm (AUTORESEARCH_HANDOFF set) the training process cannot read the validation split:
+    the weights are saved for the farm's trusted evaluator, which rebuilds the model with train.py's
+    build_model(vocab_size), loads them and calls this function in a process of its own; here nan is
+    returned.
     """
+    if os.environ.get(HANDOFF_ENV, "").strip():
+        return hand_off(model, os.environ[HANDOFF_ENV].strip())
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     eval_tokens = eval_tokens_for(tokenizer.directory)
@@ -641,17 +684,16 @@ def evaluate_bpb(model, tokenizer, batch_size):
     assert steps >= 1, (f"EVAL_TOKENS={eval_tokens} is less than one batch of {batch_size} x {MAX_SEQ_LEN} tokens: "
                         f"lower the eval batch size or raise AUTORESEARCH_EVAL_TOKENS")
     token_bytes = get_token_bytes(device, tokenizer.directory)
+    vocab_size = tokenizer.get_vocab_size()
     val_loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val", device=device)
     total_nats = torch.zeros((), dtype=torch.float64, device=device)
     total_bytes = torch.zeros((), dtype=torch.int64, device=device)
     for _ in range(steps):
         x, y, epoch = next(val_loader)
-        loss = model(x, y, reduction="none")
-        assert loss.numel() == y.numel(), \
-            f"model(x, y, reduction='none') must return one loss per target, got shape {tuple(loss.shape)}"
+        nats = target_nats(model, x, y, vocab_size)
         nbytes = token_bytes[y.reshape(-1)]
         counted = nbytes > 0
-        total_nats += torch.where(counted, loss.reshape(-1).double(), 0.0).sum()
+        total_nats += torch.where(counted, nats.reshape(-1).double(), 0.0).sum()
         total_bytes += nbytes.sum()
     if epoch > 1:
         warnings.warn("evaluation wrapped around the validation split, so some tokens were scored twice: "

@@ -340,6 +340,24 @@ def lr_multiplier(progress):
 # Training
 
 
+def build_model(vocab_size):
+    """The model main() trains, before its weights are initialised. The farm's trusted evaluator
+    rebuilds the trained model with this function and loads the weights evaluate_bpb handed over,
+    so main() must train exactly what this returns. model(x) returns logits [B, T, vocab_size]."""
+    n_embd = -(-DEPTH * ASPECT_RATIO // HEAD_DIM) * HEAD_DIM
+    config = GPTConfig(
+        sequence_len=MAX_SEQ_LEN,
+        vocab_size=vocab_size,
+        n_layer=DEPTH,
+        n_head=n_embd // HEAD_DIM,
+        n_embd=n_embd,
+        window_pattern=WINDOW_PATTERN,
+        value_embeds=VALUE_EMBEDS,
+        softcap=LOGIT_SOFTCAP,
+    )
+    return GPT(config, flash=load_flash_attention())
+
+
 def main():
     t_start = time.time()
     torch.manual_seed(SEED)
@@ -351,19 +369,9 @@ def main():
     autocast = torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16) if USE_CUDA else torch.autocast("cpu", enabled=False)
 
     tokenizer = Tokenizer.from_directory()
-    n_embd = -(-DEPTH * ASPECT_RATIO // HEAD_DIM) * HEAD_DIM
-    config = GPTConfig(
-        sequence_len=MAX_SEQ_LEN,
-        vocab_size=tokenizer.get_vocab_size(),
-        n_layer=DEPTH,
-        n_head=n_embd // HEAD_DIM,
-        n_embd=n_embd,
-        window_pattern=WINDOW_PATTERN,
-        value_embeds=VALUE_EMBEDS,
-        softcap=LOGIT_SOFTCAP,
-    )
-    model = GPT(config, flash=load_flash_attention()).to(device)
+    model = build_model(tokenizer.get_vocab_size()).to(device)
     model.init_weights()
+    config = model.config
     num_params = sum(p.numel() for p in model.parameters())
     flops_per_token = model.num_flops_per_token()
     print(f"device: {DEVICE_TYPE} | params: {num_params / 1e6:.2f}M | {config}", flush=True)

@@ -40,6 +40,7 @@ class TrainConfig:
     grace: float = 90.0  # extra wall-clock seconds for start-up and evaluation before a kill
     cache_dir: str = ""  # AUTORESEARCH_CACHE for prepare and train; "" = their default
     isolate_network: bool = True  # run candidates without network where the OS allows it
+    trusted_eval: bool = True  # val_bpb comes from the worker's own evaluation process (docs/TRUST.md)
     env: dict[str, str] = field(default_factory=dict)  # extra AUTORESEARCH_* knobs for every run
 
 

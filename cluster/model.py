@@ -121,6 +121,7 @@ class Result(_Record):
     training_seconds: float | None = None
     total_seconds: float | None = None  # as the run reported it
     wall_seconds: float = 0.0  # as the worker measured it
+    train_wall_seconds: float | None = None  # the training process alone (trusted evaluation: before the evaluator)
     exit_code: int | None = None
     worker: str = ""
     node: str = ""

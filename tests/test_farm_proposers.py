@@ -135,7 +135,7 @@ def test_run_with_the_llm_flags_records_origin_tokens_and_cost(tmp_path):
         return text(f"Neutral change {k}\n```diff\n" + diff_setting(repo, "UNUSED", "10", str(200 + k)) + "```")
 
     cfg = tmp_path / "farm.toml"
-    cfg.write_text("[train]\nbudget = 1.0\ngrace = 20.0\nprepare_command = []\n"
+    cfg.write_text("[train]\nbudget = 1.0\ngrace = 20.0\nprepare_command = []\ntrusted_eval = false\n"
                    "[workers]\ngpus_per_worker = 0.0\nprice_per_gpu_hour = 2.0\n[judge]\nbaseline_runs = 2\n"
                    "[proposer]\nfallback = \"\"\nprice_per_mtok_in = 1.0\nprice_per_mtok_out = 4.0\n")
     with OpenAIStub(responder=respond) as stub:

@@ -262,20 +262,28 @@ def test_train_loader_never_opens_val_files(prepared, tmp_path):
 # ---------------------------------------------------------------------------
 
 class UniformModel(torch.nn.Module):
-    """Predicts the uniform distribution over the vocabulary, so every target costs log(V) nats."""
+    """Predicts the uniform distribution over the vocabulary (plus `pad` extra columns that get no
+    probability), so every target costs log(V) nats."""
 
-    def __init__(self, vocab_size, flat=True):
+    def __init__(self, vocab_size, pad=0):
         super().__init__()
-        self.vocab_size, self.flat = vocab_size, flat
-        self.bias = torch.nn.Parameter(torch.zeros(vocab_size))
+        self.vocab_size, self.pad = vocab_size, pad
+        self.bias = torch.nn.Parameter(torch.cat([torch.zeros(vocab_size), torch.full((pad,), -1e9)]))
 
-    def forward(self, x, y, reduction="mean"):
-        logits = torch.zeros(*x.shape, self.vocab_size) + self.bias
-        loss = torch.nn.functional.cross_entropy(logits.view(-1, self.vocab_size), y.view(-1), reduction=reduction)
-        return loss if self.flat else loss.view(y.shape)
+    def forward(self, x, targets=None):
+        assert targets is None, "the harness asks for logits only"
+        return torch.zeros(*x.shape, self.vocab_size + self.pad) + self.bias
 
-@pytest.mark.parametrize("flat", [True, False])
-def test_evaluate_bpb_matches_hand_computation(prepared, flat):
+class SelfScoringModel(UniformModel):
+    """Claims a loss of zero for every target: the old contract let a model report its own loss."""
+
+    def forward(self, x, targets=None, reduction="mean"):
+        if targets is not None:
+            return torch.zeros(targets.shape)
+        return super().forward(x)
+
+@pytest.mark.parametrize("pad", [0, 64])
+def test_evaluate_bpb_matches_hand_computation(prepared, pad):
     P, tok, *_ = prepared
     batch_size = 4
     steps = EVAL_TOKENS // (batch_size * SEQ_LEN)
@@ -287,13 +295,50 @@ def test_evaluate_bpb_matches_hand_computation(prepared, flat):
         counted += sum(n > 0 for n in lengths)
         total_bytes += sum(lengths)
     assert 0 < counted < steps * batch_size * SEQ_LEN  # some targets are BOS and must not count
-    model = UniformModel(VOCAB, flat).train()
+    model = UniformModel(VOCAB, pad).train()
     bpb = P.evaluate_bpb(model, tok, batch_size)
     assert bpb == pytest.approx(math.log2(VOCAB) * counted / total_bytes, rel=1e-6)  # float32 losses
     assert model.training  # evaluate_bpb leaves the mode alone
     assert P.evaluate_bpb(model, tok, batch_size) == bpb  # deterministic
     # a batch larger than the eval tokens is scored in smaller batches, on the same tokens
     assert P.evaluate_bpb(model, tok, batch_size=16) == pytest.approx(bpb, rel=1e-9)
+
+
+def test_the_loss_is_computed_by_the_harness_from_logits_not_by_the_model(prepared):
+    P, tok, *_ = prepared
+    honest = P.evaluate_bpb(UniformModel(VOCAB), tok, 4)
+    assert P.evaluate_bpb(SelfScoringModel(VOCAB), tok, 4) == pytest.approx(honest)
+
+    class Flat(torch.nn.Module):  # logits of the wrong shape are an error that says what is expected
+        def forward(self, x):
+            return torch.zeros(x.numel(), VOCAB)
+    with pytest.raises(ValueError, match=rf"must return logits of shape \[B, T, >= {VOCAB}\]"):
+        P.evaluate_bpb(Flat(), tok, 4)
+
+
+def test_target_nats_bounds_memory_by_chunking_without_changing_the_result(prepared, monkeypatch):
+    P, tok, *_ = prepared
+    x, y, _ = next(P.make_dataloader(tok, 3, SEQ_LEN, "val"))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(VOCAB, VOCAB))
+    whole = P.target_nats(model, x, y, VOCAB)
+    monkeypatch.setattr(P, "EVAL_CHUNK_ELEMENTS", 1)  # one row at a time
+    assert torch.equal(P.target_nats(model, x, y, VOCAB), whole) and whole.shape == y.shape
+
+
+def test_under_the_farm_evaluate_bpb_hands_the_weights_over_instead_of_reading_val(prepared, tmp_path,
+                                                                                    monkeypatch, capsys):
+    P, tok, *_ = prepared
+    model = UniformModel(VOCAB)
+    with torch.no_grad():
+        model.bias[:5] = torch.arange(5.0)
+    path = tmp_path / "weights.pt"
+    monkeypatch.setenv(P.HANDOFF_ENV, str(path))
+    monkeypatch.setattr(P, "make_dataloader", lambda *a, **k: pytest.fail("the val split was read"))
+    assert math.isnan(P.evaluate_bpb(torch.compile(model), tok, 4))  # a compiled model hands over its module
+    saved = torch.load(path, weights_only=True)
+    assert saved["format"] == 1 and torch.equal(saved["state_dict"]["bias"], model.bias.detach())
+    assert not list(tmp_path.glob("*.tmp")) and "trusted evaluator" in capsys.readouterr().out
 
 
 def test_default_eval_tokens_are_capped_at_one_pass_of_a_small_val_split(prepared):

@@ -10,7 +10,9 @@ dir, the torch compile cache under the worker's root) so start-up overhead stays
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -22,7 +24,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from cluster.model import Result, RunStatus
-from worker.runner import run_training
+from worker import tripwire
+from worker.runner import RunOutcome, run_training
+from worker.summary import is_valid
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,9 @@ def accelerator_name(gpu_ids: list[str]) -> str:
 
 
 ORPHAN_MARKER = "AUTORESEARCH_FARM_WORKER"  # in every training process's environment: <worker root>
+HANDOFF_ENV = "AUTORESEARCH_HANDOFF"  # prepare.HANDOFF_ENV: where evaluate_bpb saves the trained weights
+TRUSTED_EVAL = Path(__file__).with_name("trusted_eval.py")
+EVAL_SCRIPT = "_arf_trusted_eval.py"  # its name in the evaluation directory
 
 
 def reap_orphans(root: Path) -> int:
@@ -184,7 +191,7 @@ class Worker:
         shutil.rmtree(where, ignore_errors=True)
         where.mkdir(parents=True)
         write_tree(where, files)
-        cache = Path(self.settings.get("cache_dir") or "~/.cache/autoresearch").expanduser()
+        cache = self.cache_dir()
         cache.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items()}
         env.update(self._env())
@@ -201,6 +208,66 @@ class Worker:
         self._prepared_digest = digest
         return {"prepared": True, "seconds": time.time() - t0}
 
+    def cache_dir(self) -> Path:
+        """The data cache train.py reads, resolved as prepare.py resolves CACHE_DIR."""
+        configured = self.settings.get("cache_dir") or os.environ.get("AUTORESEARCH_CACHE", "").strip()
+        if configured:
+            return Path(configured).expanduser()
+        return Path(os.environ.get("XDG_CACHE_HOME", "").strip() or "~/.cache").expanduser() / "autoresearch"
+
+    def hidden_paths(self) -> list[Path]:
+        """What a training process must not read: every prepared validation split, and the raw data."""
+        cache = self.cache_dir()
+        return sorted(cache.glob("tokenized/*/val*")) + [p for p in [cache / "data"] if p.is_dir()]
+
+    def _trusted_verdict(self, job: dict[str, Any], files: dict[str, bytes], outcome: RunOutcome,
+                         summary: dict[str, Any], weights: Path, log_path: Path) -> tuple[str, str, Any, str]:
+        """(status, reason, val_bpb, log tail) of a run whose number comes from the trusted evaluator."""
+        printed = summary.get("val_bpb")
+        if isinstance(printed, (int, float)) and not isinstance(printed, bool) and math.isfinite(printed):
+            return (RunStatus.CHEAT.value, f"printed a val_bpb of its own ({printed:g}): the harness hands the "
+                    "weights to the farm's evaluator and prints nan", None, outcome.log_tail)
+        touched = getattr(outcome, "hidden_touched", None) or []
+        if touched:
+            return (RunStatus.CHEAT.value, f"opened the validation data during training: {', '.join(touched)}",
+                    None, outcome.log_tail)
+        if outcome.exit_code != 0 or outcome.status in (RunStatus.CRASH.value, RunStatus.TIMEOUT.value):
+            return outcome.status, outcome.reason, None, outcome.log_tail  # its own failure is its result
+        if not weights.is_file():
+            return (RunStatus.NO_METRIC.value, "the trained weights were not handed over: train.py must score its "
+                    "model with prepare.evaluate_bpb(model, ...)", None, outcome.log_tail)
+        s = self.settings
+        eval_dir = self.root / "eval" / f"{job['id']}-a{job['attempt']}"
+        shutil.rmtree(eval_dir, ignore_errors=True)
+        eval_dir.mkdir(parents=True)
+        write_tree(eval_dir, files)  # the commit's files, not the run directory the candidate could write
+        (eval_dir / EVAL_SCRIPT).write_bytes(TRUSTED_EVAL.read_bytes())
+        out = eval_dir / "verdict.json"
+        ev = run_training(
+            python_command(["python", EVAL_SCRIPT, "--weights", str(weights), "--out", str(out)]), eval_dir,
+            log_path=log_path, budget_s=0.0, grace_s=float(s["grace"]), env_extra=self._env(),
+            isolate_network=bool(s.get("isolate_network")), cancel=self._cancel,
+        )
+        try:
+            verdict = json.loads(out.read_text()) if out.is_file() and ev.exit_code == 0 else None
+        except ValueError:
+            verdict = None
+        shutil.rmtree(eval_dir, ignore_errors=True)
+        if ev.reason == "cancelled" or ev.status == RunStatus.TIMEOUT.value:
+            why = "cancelled" if ev.reason == "cancelled" else f"the trusted evaluation ran past {s['grace']:g} s"
+            return ev.status, why, None, ev.log_tail
+        if not isinstance(verdict, dict):
+            return (RunStatus.CRASH.value, f"the trusted evaluation failed ({ev.reason or 'no verdict'}); "
+                    "see the log's end", None, ev.log_tail)
+        summary["eval_checks"] = verdict.get("checks")
+        summary["eval_seconds"] = verdict.get("seconds")
+        if "cheat" in verdict:
+            return RunStatus.CHEAT.value, str(verdict["cheat"]), None, ev.log_tail
+        why = is_valid({"val_bpb": verdict.get("val_bpb")})
+        if why:
+            return RunStatus.NO_METRIC.value, f"trusted evaluation: {why}", None, ev.log_tail
+        return RunStatus.OK.value, "", verdict["val_bpb"], outcome.log_tail
+
     def cancel(self) -> None:
         """Kill the run in progress (its process tree); it reports status crash, reason cancelled."""
         self._cancel.set()
@@ -216,16 +283,40 @@ class Worker:
         log_path = self.root / "logs" / f"{job['cand']}-{job['id']}-a{job['attempt']}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.time()
-        outcome = run_training(
-            python_command(s["command"]), run_dir,
-            log_path=log_path, budget_s=float(s["budget"]), grace_s=float(s["grace"]),
-            env_extra=self._env(), isolate_network=bool(s.get("isolate_network")), cancel=self._cancel,
-        )
-        summary = outcome.summary or {}
-        status, reason = outcome.status, outcome.reason
+        trusted = bool(s.get("trusted_eval"))
+        editable = s.get("editable") or "train.py"
+        weights = self.root / "handoff" / f"{job['id']}-a{job['attempt']}.pt"  # outside the run dir
+        env = self._env()
+        scan = trusted and s.get("tripwire", True) and editable in files  # tests turn it off to reach the layers behind
+        warning = tripwire.check(files[editable].decode("utf-8", "replace")) if scan else None
+        if warning:  # refused before it runs: no GPU time spent on it
+            with open(log_path, "ab") as f:
+                f.write(f"=== not run: the tripwire caught {warning} ===\n".encode())
+            outcome = RunOutcome(status=RunStatus.CHEAT.value, exit_code=None, wall_seconds=0.0, summary=None,
+                                 log_tail="", reason=f"tripwire: {warning}")
+        else:
+            if trusted:
+                weights.parent.mkdir(parents=True, exist_ok=True)
+                weights.unlink(missing_ok=True)
+                env[HANDOFF_ENV] = str(weights)
+            outcome = run_training(
+                python_command(s["command"]), run_dir,
+                log_path=log_path, budget_s=float(s["budget"]), grace_s=float(s["grace"]),
+                env_extra=env, isolate_network=bool(s.get("isolate_network")), cancel=self._cancel,
+                hide=self.hidden_paths() if trusted else (),
+            )
+        summary = dict(outcome.summary or {})
+        status, reason, tail = outcome.status, outcome.reason, outcome.log_tail
+        containment = ",".join(outcome.containment) if not isinstance(outcome.containment, str) else outcome.containment
+        train_wall = outcome.wall_seconds
         tampered = frozen_tampering(run_dir, files, s.get("frozen") or ())
         if tampered:  # whatever it printed, its number cannot be trusted
             status, reason = RunStatus.CHEAT.value, tampered
+        elif trusted and status != RunStatus.CHEAT.value:
+            status, reason, val, tail = self._trusted_verdict(job, files, outcome, summary, weights, log_path)
+            summary["val_bpb"] = val
+            containment = ",".join(filter(None, [containment, "trusted-eval"]))
+        weights.unlink(missing_ok=True)
 
         def num(key: str) -> float | None:
             v = summary.get(key)
@@ -235,11 +326,11 @@ class Worker:
             job=job["id"], cand=job["cand"], commit=job["commit"], attempt=int(job["attempt"]),
             status=status, val_bpb=num("val_bpb") if status == RunStatus.OK.value else None,
             peak_vram_mb=num("peak_vram_mb"), training_seconds=num("training_seconds"),
-            total_seconds=num("total_seconds"), wall_seconds=outcome.wall_seconds, exit_code=outcome.exit_code,
+            total_seconds=num("total_seconds"), wall_seconds=time.time() - started if trusted else outcome.wall_seconds,
+            train_wall_seconds=train_wall, exit_code=outcome.exit_code,
             worker=self.name, node=socket.gethostname(), accelerator=self.accelerator,
             started_at=started, finished_at=time.time(), summary=summary, log_path=str(log_path),
-            log_tail=outcome.log_tail, reason=reason, purpose=job.get("purpose", "measure"),
-            containment=",".join(outcome.containment) if not isinstance(outcome.containment, str) else outcome.containment,
+            log_tail=tail, reason=reason, purpose=job.get("purpose", "measure"), containment=containment,
         )
         with open(log_path, "rb") as f:
             f.seek(max(0, log_path.stat().st_size - MAX_LOG_BYTES))
