@@ -10,7 +10,8 @@ Per run it reports, from the summary block and from the time each log line appea
   val_bpb, training_seconds, tokens/s (median of the second half of the step lines), MFU,
   peak VRAM;
   startup    process start -> first step line (imports, data, model, the first compiled step);
-  eval       last step line -> process exit (evaluation, summary, exit);
+  eval       last step line -> the worker's result (hand-over, exit, and the trusted evaluator's
+             process: start-up, rebuilding the model, scoring; ``evaluator_seconds`` is its share);
   overhead   the worker's whole call minus training_seconds: everything an experiment costs
              around its budget, as a fraction of the budget too.
 
@@ -114,6 +115,7 @@ def measure(worker: Worker, files: dict[str, bytes], index: int, budget: float) 
         "wall_seconds": round(r["wall_seconds"], 2), "call_seconds": round(call_s, 2),
         "startup_seconds": round(clock.first_step - t0, 2) if clock.first_step else None,
         "eval_seconds": round(r["finished_at"] - clock.last_step, 2) if clock.last_step else None,
+        "evaluator_seconds": s.get("eval_seconds"), "eval_checks": s.get("eval_checks"),
         "overhead_seconds": round(call_s - trained, 2) if trained is not None else None,
         "tok_per_s": steady_rate(clock.tok_per_s), "steps": s.get("num_steps"), "mfu_percent": s.get("mfu_percent"),
         "peak_vram_mb": s.get("peak_vram_mb"), "total_tokens_M": s.get("total_tokens_M"),
@@ -143,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work-root", default=None, help="the worker's directory (default: a fresh temporary one)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--no-netns", action="store_true", help="do not isolate the network (as train.isolate_network=false)")
+    ap.add_argument("--no-trusted-eval", action="store_true",
+                    help="score in the training process (as train.trusted_eval=false); default: the farm's evaluator")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment for train.py (as train.env; repeatable)")
     ap.add_argument("--json", default=None, help="write the rows and the machine here")
@@ -159,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "name": "bench", "work_root": str(root), "command": ["python", "train.py"], "prepare_command": [],
         "budget": args.budget, "grace": args.grace, "cache_dir": "", "isolate_network": not args.no_netns,
         "env": dict(kv.split("=", 1) for kv in args.env), "cpu_threads": args.threads, "device": "", "frozen": ["prepare.py"],
+        "trusted_eval": not args.no_trusted_eval,
     })
     files = {name: (REPO / name).read_bytes() for name in ("train.py", "prepare.py")}
     report: dict[str, Any] = {"machine": machine(), "accelerator": worker.accelerator, "rows": []}

@@ -106,6 +106,7 @@ def test_an_honest_tiny_candidate_is_scored_by_the_evaluator(tmp_path, cache):
     # an untrained bigram scores about log2(512) bits per token, i.e. a few bits per byte
     assert 1.0 < r["val_bpb"] < 9.0
     assert "val_bpb:          nan" in r["log"], "the training process itself could not score"
+    assert r["log"].rstrip().endswith(f"=== farm verdict: ok val_bpb={r['val_bpb']} (trusted evaluation) '' ===")
     assert "trusted-eval" in r["containment"]
     checks = r["summary"]["eval_checks"]
     assert checks["causal"] == 0.0 and checks["stateless"] == 0.0 and checks["weights_unchanged"]

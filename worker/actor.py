@@ -332,6 +332,10 @@ class Worker:
             started_at=started, finished_at=time.time(), summary=summary, log_path=str(log_path),
             log_tail=tail, reason=reason, purpose=job.get("purpose", "measure"), containment=containment,
         )
+        if trusted:  # the phases' own end lines judge each process alone; this is what the farm records
+            with open(log_path, "ab") as f:
+                f.write(f"=== farm verdict: {status} val_bpb={result.val_bpb} (trusted evaluation) "
+                        f"{reason!r} ===\n".encode())
         with open(log_path, "rb") as f:
             f.seek(max(0, log_path.stat().st_size - MAX_LOG_BYTES))
             log_text = f.read().decode("utf-8", "replace")
