@@ -73,6 +73,7 @@ class JudgeSettings:
     bpb_per_line: float = 0.0001  # gain each net added line must pay for ("simpler is better")
     simplify_merges: bool = True  # merge a deletion that is within the noise
     max_vram_mb: float = 0.0  # soft cap on peak VRAM; 0 = none
+    max_overtime: float = 0.2  # training that outlasts the main line's by this fraction (and 5 s) is a cheat; 0 = off
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,8 @@ class JudgeConfig:
     simplify_merges: bool = True  # a net deletion within the noise merges (after confirmation)
     max_vram_mb: float | None = None  # soft cap: a candidate peaking above it is discarded
     noise_prior_df: float = 4.0  # weight (degrees of freedom) of the prior sigma in the pooled estimate
+    max_overtime: float = 0.2  # a training process outlasting the line's median by more than this fraction
+    # of it (and 5 s) trained past its budget: discarded as cheat; 0 = no check
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,10 @@ def decide(
             line_runs_needed=need,
         )
 
+    over = overtime(ok, [r for r in line.results if _usable(r) and r.accelerator == acc], cfg)
+    if over:
+        return out("discard", f"cheat: {over}", status=RunStatus.CHEAT.value)
+
     sigma = noise_sigma(line_vals, cfg, prior)
     ev = _evaluate(cand_vals, line_vals, sigma, net, cfg)
     nums.update(
@@ -245,6 +251,23 @@ def decide(
             f"{rev.n_cand} run(s)): did not replicate -> discard",
         )
     return out("merge", f"{text}, confirmed ({rev.delta:+.4f} on its own) -> merge")
+
+
+def overtime(cand: Sequence[Result], line: Sequence[Result], cfg: JudgeConfig = JudgeConfig()) -> str | None:
+    """Why the candidate's training ran past its budget, or None. Wall times are the worker's
+    (``train_wall_seconds``: the training process alone, start-up and compilation included), so a
+    candidate cannot talk them down; the allowance absorbs start-up differences such as a cold
+    compile cache after an architecture change (~30 s of a 300 s budget on an H200)."""
+    walls = [r.train_wall_seconds for r in cand if r.train_wall_seconds]
+    ref = sorted(r.train_wall_seconds for r in line if r.train_wall_seconds)
+    if cfg.max_overtime <= 0 or not walls or not ref:
+        return None
+    median = (ref[(len(ref) - 1) // 2] + ref[len(ref) // 2]) / 2
+    allowed = max(5.0, cfg.max_overtime * median)
+    if max(walls) - median <= allowed:
+        return None
+    return (f"trained past its budget: its training process ran {max(walls):.1f} s, the main line's "
+            f"{median:.1f} s (allowed {allowed:.1f} s more)")
 
 
 def _judge_old_base(

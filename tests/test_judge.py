@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -234,3 +235,32 @@ def test_pick_merge_takes_the_lowest_mean() -> None:
     assert pick_merge(ds) == "c2"
     assert pick_merge([ds[2]]) is None
     assert pick_merge([Decision("merge", "x", {"cand": "a", "delta": -0.01, "cand_mean": 0.99})]) == "a"
+
+
+# --- training past the budget -------------------------------------------------------------------
+
+
+def timed(r: Result, wall: float) -> Result:
+    return dataclasses.replace(r, train_wall_seconds=wall)
+
+
+def test_a_candidate_that_trains_past_the_main_lines_wall_time_is_a_cheat() -> None:
+    ln = line(BASE3)
+    ln = Line(ln.commit, [timed(r, w) for r, w in zip(ln.results, [65.0, 66.0, 64.0])])
+    long = decide(cand(), [timed(res(0.980), 78.0)], ln)  # 13 s past the median 65 s; 20 % allows 13 s
+    assert long.action == "confirm", "within the allowance: judged on its number"
+    longer = decide(cand(), [timed(res(0.980), 80.5)], ln)
+    assert longer.action == "discard" and longer.reason.startswith("cheat: trained past its budget")
+    assert "ran 80.5 s, the main line's 65.0 s (allowed 13.0 s more)" in longer.reason
+    assert longer.numbers["status"] == "cheat"
+    off = decide(cand(), [timed(res(0.980), 80.5)], ln, JudgeConfig(max_overtime=0.0))
+    assert off.action == "confirm"
+
+
+def test_overtime_needs_worker_timings_on_both_sides_and_allows_at_least_five_seconds() -> None:
+    from cluster.judge import overtime
+
+    short = [timed(res(1.0), 10.0)]
+    assert overtime([timed(res(1.0), 14.9)], short) is None  # 20 % of 10 s is 2 s, but 5 s at least
+    assert "ran 15.1 s" in overtime([timed(res(1.0), 15.1)], short)
+    assert overtime([res(1.0)], short) is None and overtime([timed(res(1.0), 99.0)], [res(1.0)]) is None
