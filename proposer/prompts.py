@@ -21,7 +21,9 @@ from proposer.base import History, Outcome, parse_python
 
 FALLBACK_PROGRAM = """Goal: lower val_bpb (validation bits per byte) of train.py within its fixed training time budget.
 Only train.py may change; prepare.py (data, tokenizer, evaluation) and the budget are off limits.
-No new dependencies. Never read validation data or print results you did not measure."""
+No new dependencies. Never read validation data or print results you did not measure.
+Keep build_model(vocab_size) returning the model main() trains, model(x) returning logits, and
+main() ending with prepare.evaluate_bpb(model, tokenizer, batch_size)."""
 
 SYSTEM = ("You are a careful machine-learning research engineer running experiments on a small GPT "
           "pretraining script. You propose one experiment at a time as a change to train.py, following "
