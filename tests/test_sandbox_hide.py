@@ -198,3 +198,42 @@ def test_a_bind_that_fails_at_the_start_ends_the_run_unstarted(tmp_path: Path, c
     assert out.status == "crash" and out.exit_code == 125, out
     assert f"cannot hide {cache / 'val.bin'}" in out.log_tail
     assert not (tmp_path / "run" / "started").exists()
+
+
+UNMOUNT = textwrap.dedent("""
+    import json, os, subprocess, sys
+    cache = sys.argv[1]
+    worker_root = f"/proc/{sys.argv[2]}/root" + os.path.join(cache, "val.bin")
+    try:
+        through_proc = open(worker_root).read()
+    except OSError as e:
+        through_proc = type(e).__name__
+    um = subprocess.run(["umount", os.path.join(cache, "val.bin")], capture_output=True)
+    json.dump({"umount": um.returncode, "val": open(os.path.join(cache, "val.bin")).read(),
+               "through_proc": through_proc}, open("seen.json", "w"))
+""")
+
+
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+def test_a_run_cannot_unmount_a_decoy_or_read_the_file_through_the_workers_root(tmp_path: Path, cache: Path,
+                                                                               mode: str) -> None:
+    if not worker.sandbox.locking_available(mode):
+        pytest.skip("nested user namespaces refused here: hidden paths are not locked")
+    out = _run(tmp_path, UNMOUNT + SUMMARY + "\n", str(cache), str(os.getpid()), hide=[cache / "val.bin"])
+    assert out.status == "ok" and "hidden" in out.containment, out
+    seen = json.loads((tmp_path / "run" / "seen.json").read_text())
+    assert seen["umount"] != 0, "the decoy's mount is locked"
+    assert seen["val"] == "", "and still covers the real file"
+    assert seen["through_proc"] != "VALIDATION", "the worker's root is out of reach"
+    _intact(cache)
+
+
+def test_without_nested_user_namespaces_the_layer_says_it_is_unlocked(tmp_path: Path, cache: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    if worker.sandbox.hiding_available() is None:
+        pytest.skip("no mount namespace here")
+    monkeypatch.setattr(worker.sandbox, "locking_available", lambda flag: False)
+    out = _run(tmp_path, UNMOUNT + SUMMARY + "\n", str(cache), str(os.getpid()), hide=[cache / "val.bin"])
+    assert "hidden-unlocked" in out.containment and "hidden" not in out.containment
+    seen = json.loads((tmp_path / "run" / "seen.json").read_text())
+    assert seen["umount"] == 0 and seen["val"] == "VALIDATION", "unlocked: the gap the layer's name admits"

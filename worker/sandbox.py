@@ -50,13 +50,12 @@ Layers, and when each is used
     unavailable is a logged warning, not an error, and ``hidden`` is then absent from the layers;
     without inotify the paths are hidden but touches go unreported. Not covered: paths not listed
     (a copy of the data elsewhere, a cache derived from it); a process that reaches a mount
-    namespace outside: as real root (``-m``), ``/proc/<worker pid>/root/<path>`` and ``nsenter -t
-    <worker pid> -m`` show the real file (in a user namespace, ``-rm``, both are refused);
-    ``umount <path>``: the child is root in its namespace (real root, or root of its own user
-    namespace), and the bind mounts were made inside it, so they are not locked: ``umount``
-    succeeds in both modes and uncovers the real file, unseen by the watch (mounts are locked
-    only when a namespace is copied into a less privileged user namespace, which would take a
-    second, nested ``unshare -rm``).
+    namespace outside. Locking: the prelude that made the bind mounts execs the command through a
+    second, nested ``unshare -rm``; the kernel locks mounts copied into a less privileged user
+    namespace, so ``umount <path>`` fails, and the command is root only inside that namespace
+    (``/proc/<worker pid>/root`` and ``nsenter`` into the worker's namespaces are refused). Where a
+    nested user namespace is refused, the paths are still hidden but not locked (the layer is
+    then ``hidden-unlocked``, and a run that unmounts a decoy reads the real file unseen).
 
 Memory without a cgroup: none, deliberately. ``RLIMIT_AS`` breaks CUDA (the driver reserves
 terabytes of virtual address space); ``RLIMIT_DATA`` counts private writable mappings (pinned
@@ -185,27 +184,31 @@ def network_isolation_available() -> str | None:
     return None
 
 
-def _unshare_prefix(flags: str, lo_up: bool, binds: Mapping[Path, Path]) -> list[str]:
+def _unshare_prefix(flags: str, lo_up: bool, binds: Mapping[Path, Path], lock: bool = False) -> list[str]:
     """``unshare -<flags>``, then an ``sh`` prelude that brings ``lo`` up and bind-mounts each
-    decoy over its hidden path (failing closed: exit 125) before it execs the command."""
+    decoy over its hidden path (failing closed: exit 125) before it execs the command; with
+    ``lock``, through a nested ``unshare -rm``, whose copy of the mounts the command cannot undo."""
     q = shlex.quote
     script = (_LO_UP if lo_up else "") + "".join(
         f"{q(shutil.which('mount') or 'mount')} --bind {q(str(d))} {q(os.path.abspath(p))} || "
         f"{{ echo {q(f'autoresearch-sandbox: cannot hide {p}')} >&2; exit 125; }}; "
         for d, p in binds.items())
-    prefix = [shutil.which("unshare") or "unshare", f"-{flags}", "--"]
-    return prefix + ([_sh(), "-c", script + 'exec "$@"', "autoresearch-ns"] if script else [])
+    unshare = shutil.which("unshare") or "unshare"
+    run = f"exec {q(unshare)} -rm -- \"$@\"" if lock and binds else 'exec "$@"'
+    return [unshare, f"-{flags}", "--"] + ([_sh(), "-c", script + run, "autoresearch-ns"] if script else [])
 
 
-def _can_hide(flag: str) -> bool:
-    """Whether a bind mount works under ``unshare <flag>``: hides a temporary file, and checks."""
+def _can_hide(flag: str, lock: bool = False) -> bool:
+    """Whether a bind mount works under ``unshare <flag>``: hides a temporary file, and checks
+    (with ``lock``: also that the command cannot unmount it)."""
     with tempfile.TemporaryDirectory(prefix="autoresearch-hide-probe-") as tmp:
         decoy, real = Path(tmp, "decoy"), Path(tmp, "real")
         decoy.touch()
         real.write_text("x")
-        argv = _unshare_prefix(flag.lstrip("-"), False, {decoy: real})
+        argv = _unshare_prefix(flag.lstrip("-"), False, {decoy: real}, lock)
+        check = 'test ! -s "$1"' + (' && ! umount "$1" 2>/dev/null && test ! -s "$1"' if lock else "")
         try:
-            r = subprocess.run(argv + [_sh(), "-c", 'test ! -s "$1"', "probe", str(real)],
+            r = subprocess.run(argv + [_sh(), "-c", check, "probe", str(real)],
                                capture_output=True, timeout=10, check=False)
         except (OSError, subprocess.SubprocessError) as e:
             log.debug("unshare %s failed: %s", flag, e)
@@ -227,6 +230,15 @@ def hiding_available() -> str | None:
             return flag
     log.info("hiding unavailable: unshare -m/-rm with a bind mount refused")
     return None
+
+
+@functools.lru_cache(maxsize=2)
+def locking_available(flag: str) -> bool:
+    """Whether hidden paths can be locked under ``flag`` (a nested user namespace). Probed once."""
+    ok = _can_hide(flag, lock=True)
+    if not ok:
+        log.warning("hidden paths cannot be locked here (nested unshare -rm refused): a run can unmount them")
+    return ok
 
 
 def _make_decoys(paths: Sequence[Path]) -> tuple[Path, dict[Path, Path]]:
@@ -607,9 +619,11 @@ def start_sandboxed(
         if hidden:
             hide_dir, decoys = _make_decoys(hidden)
             inotify, watches = _watch(decoys)  # before the start: no open can be missed
-            layers.append("hidden")
+            lock = locking_available(flag)  # type: ignore[arg-type]
+            layers.append("hidden" if lock else "hidden-unlocked")
         if ns:
-            argv = _unshare_prefix(ns, isolate_network and bool(shutil.which("ip")), decoys) + argv
+            argv = _unshare_prefix(ns, isolate_network and bool(shutil.which("ip")), decoys,
+                                   lock=bool(hidden) and lock) + argv
         if cg is not None:
             argv = [_sh(), "-c", _JOIN_CGROUP, "autoresearch-sandbox", str(cg / "cgroup.procs")] + argv
         proc = subprocess.Popen(argv, cwd=cwd, env=child_env, stdin=subprocess.DEVNULL,
