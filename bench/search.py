@@ -73,11 +73,12 @@ log = logging.getLogger("bench.search")
 # ---------------------------------------------------------------------------------- the experiment
 
 def experiment(workers: int, seeds: list[int], hours: float, run_seconds: float, *, scale: float = SCALE,
-               confirm_runs: int = 1, learn_from_stale: bool = True, source: str | None = None) -> dict[str, Any]:
+               confirm_runs: int = 1, learn_from_stale: bool = False, source: str | None = None) -> dict[str, Any]:
     """1-worker runs for 2 x ``hours`` (target: their median best after ``hours``), then ``workers``-worker
     runs until they reach the target (at most 2 x ``hours``)."""
     horizon = 2 * hours * 3600
-    seq = [Sim(1, s, run_seconds=run_seconds, source=source, scale=scale) for s in seeds]
+    seq = [Sim(1, s, run_seconds=run_seconds, source=source, scale=scale, learn_from_stale=learn_from_stale)
+           for s in seeds]
     base_true = seq[0].true("k0")
     seq_out = []
     for s in seq:
@@ -138,9 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--confirm-runs", type=int, default=1,
                     help="confirmation runs queued at once for an apparent winner by the N-worker farm (the farm: 1; "
                          "2 is a policy variant: the merged commit then has the line's 3 runs)")
-    ap.add_argument("--skip-stale-outcomes", action="store_true",
-                    help="policy variant for the N-worker farm: leave stale candidates out of the proposer's history "
-                         "(Intake.history passes them as status 'stale', which the mutate bandit scores like a crash)")
+    ap.add_argument("--learn-from-stale", action="store_true",
+                    help="policy variant (the farm before 2026-11-26): stale candidates go into the proposer's history "
+                         "as status 'stale', which the mutate bandit scores like a crash; the farm leaves them out")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
@@ -148,12 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     t0 = time.time()
     r = experiment(args.workers, list(range(args.seeds)), args.hours, args.run_seconds, scale=args.scale,
-                   confirm_runs=args.confirm_runs, learn_from_stale=not args.skip_stale_outcomes)
+                   confirm_runs=args.confirm_runs, learn_from_stale=args.learn_from_stale)
     one, many = r["rows"]
     print(f"landscape: baseline TRUE val_bpb {r['baseline_true']:.4f}; target {r['target']:.4f} (median best of the "
           f"1-worker runs after {args.hours:g} h); {args.seeds} seeds; {args.run_seconds:g} s per run; "
           f"scale {args.scale:g}; confirm runs {args.confirm_runs}; stale outcomes "
-          f"{'skipped' if args.skip_stale_outcomes else 'learned from'}")
+          f"{'learned from' if args.learn_from_stale else 'skipped'}")
     for x in (one, many):
         print(f"{x['workers']} worker(s): hours to target per seed: {_fmt_h(x['hours'])}; runs by purpose "
               f"{x['purposes']}; per seed {x['stale']:.1f} stale, {x['retests']:.1f} re-tested after a win on an old base")

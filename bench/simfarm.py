@@ -125,7 +125,7 @@ class Sim:
     def __init__(self, workers: int, seed: int, *, run_seconds: float = 330.0, noise: float = 0.002,
                  queue_margin: int = 2, jcfg: judge.JudgeConfig | None = None,
                  source: str | None = None, exact_fingerprint: bool = False, scale: float = SCALE,
-                 confirm_runs: int = 1, learn_from_stale: bool = True) -> None:
+                 confirm_runs: int = 1, learn_from_stale: bool = False) -> None:
         self.scale, self.confirm_runs = scale, confirm_runs
         self.final = FINAL if learn_from_stale else (State.MERGED.value, State.DISCARDED.value)
         self.fp = fingerprint if exact_fingerprint else text_fingerprint

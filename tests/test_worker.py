@@ -86,3 +86,19 @@ def test_a_run_that_rewrites_the_frozen_harness_is_recorded_as_cheat(tmp_path):
     honest = w.run(dict(job, id="j3"), {"train.py": (FIXTURES / "scripted_train.py").read_bytes(),
                                         "prepare.py": b"# frozen\n"}, harness_digest="d")["result"]
     assert honest["status"] == "ok"
+
+
+def test_a_training_process_killed_from_outside_is_reported_lost_not_as_its_result(tmp_path):
+    w = Worker(settings(tmp_path))
+    job = {"id": "j4", "cand": "c4", "commit": "abc", "attempt": 1, "purpose": "measure"}
+    killer = (FIXTURES / "scripted_train.py").read_text().replace('MODE = "ok"', 'MODE = "kill-self"')
+    out = w.run(job, {"train.py": killer.encode()}, harness_digest="d")
+    assert out["lost"].startswith("the training process on w0 was killed (SIGKILL)")
+    assert out["result"]["status"] == "crash" and out["result"]["exit_code"] == -9
+    crash = (FIXTURES / "scripted_train.py").read_text().replace('MODE = "ok"', 'MODE = "crash"')
+    assert "lost" not in w.run(dict(job, id="j5"), {"train.py": crash.encode()}, harness_digest="d"), \
+        "its own crash is its result"
+    hang = (FIXTURES / "scripted_train.py").read_text().replace('MODE = "ok"', 'MODE = "hang"')
+    out = Worker(settings(tmp_path, budget=0.5, grace=0.5)).run(dict(job, id="j6"), {"train.py": hang.encode()},
+                                                               harness_digest="d")
+    assert out["result"]["status"] == "timeout" and "lost" not in out, "the runner's own kill is a timeout"

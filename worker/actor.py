@@ -340,4 +340,9 @@ class Worker:
             f.seek(max(0, log_path.stat().st_size - MAX_LOG_BYTES))
             log_text = f.read().decode("utf-8", "replace")
         shutil.rmtree(run_dir, ignore_errors=True)
-        return {"result": result.to_dict(), "log": log_text}
+        out = {"result": result.to_dict(), "log": log_text}
+        if outcome.status == RunStatus.CRASH.value and outcome.reason == "killed by signal SIGKILL":
+            # not the runner's kill (timeout, cancel, log limit) nor the cgroup's OOM kill: the host's OOM
+            # killer, an operator, or the run itself; the controller re-runs it, up to workers.max_lost times
+            out["lost"] = f"the training process on {self.name} was killed (SIGKILL) from outside the worker"
+        return out
