@@ -167,7 +167,7 @@ def status_dict(store) -> dict:
                     for j in store.running_jobs()],
         "experiments_measured": len({r.cand for r in results}), "measurements": len(results),
         "refused_late_results": len(store.refused()), "merged": board, "why_ended": meta.get("why"),
-        "cost": costs(store), "workers": store.live_workers(),
+        "cost": costs(store), "workers": store.live_workers(), "controller": meta.get("controller"),
     }
 
 
@@ -178,6 +178,9 @@ def _print_status(s: dict) -> None:
         delta = f" ({best - base:+.6f} vs baseline {base:.6f})" if base is not None else ""
         print(f"best val_bpb {best:.6f}{delta} at {s['main'][:8]}")
     print("candidates: " + ", ".join(f"{k} {v}" for k, v in sorted(s["candidates"].items())) + f"; queued jobs {s['queued']}")
+    if s.get("controller"):
+        c = s["controller"]
+        print(f"controller: actor {c['actor']} on {c.get('node_ip', '?')} (pid {c.get('pid', '?')})")
     for r in s["running"]:
         print(f"  running {r['cand']} on {r['worker']} (attempt {r['attempt']})")
     if s["workers"]:

@@ -1,4 +1,4 @@
-"""Wiring for `autoresearch-farm run`: resolve the run, start its services, run the controller.
+"""Wiring for `autoresearch-farm run`: resolve the run, start its services, run the controller actor.
 
 A run lives in three places: its main line and candidate branches in the target repository,
 its records in Redis (an embedded server under the repository's .git directory by default, so
@@ -116,13 +116,20 @@ def _proposer_inputs(cfg: FarmConfig, ctx: RunContext, report: Callable[[str], N
     return program, files
 
 
+LINES_WAIT_S = 1.0  # how long one call for the controller's lines waits for one
+STOP_POLL_S = 0.1  # how soon a Ctrl-C / SIGTERM reaches the controller
+
+
 def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], None] = print,
              ray_address: str = "", dashboard: bool = True, metrics_port: int | None = None) -> str:
-    """Run the farm until it is done, stopped (Ctrl-C / SIGTERM) or out of time. Returns why it ended."""
+    """Run the farm until it is done, stopped (Ctrl-C / SIGTERM) or out of time. Returns why it ended.
+
+    The controller loop runs in the actor `<tag>:controller` on this node (see ray_glue); this
+    process starts the run's services and actors, prints what the controller reports, passes a
+    stop on, and records how the run ended."""
     import ray
 
     from . import ray_glue
-    from .controller import Controller
 
     with ExitStack() as stack:
         ctx = open_run(cfg, stack, keep_alive=True)
@@ -142,17 +149,19 @@ def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], N
             stack.callback(ray.shutdown)
         gpu = ray_glue.uses_gpus(cfg)
         profile = cfg.proposer.profile if cfg.proposer.profile != "auto" else ("gpu" if gpu else "cpu")
-        workers = ray_glue.start_workers(cfg, ctx.tag, str(ctx.run_dir / "workers"))
-        stack.callback(ray_glue.kill_actors, [w.handle for w in workers])
+        workers = ray_glue.start_workers(cfg, ctx.tag, str(ctx.run_dir.resolve() / "workers"))
+        stack.callback(ray_glue.stop_workers, workers)
         proposer = ray_glue.start_proposer(cfg, ctx.tag, profile, *_proposer_inputs(cfg, ctx, report))
         stack.callback(ray_glue.kill_actors, [proposer])
-        ctrl = Controller(cfg, ctx.tag, ctx.store, ctx.repo, workers, proposer, ctx.run_dir, report=report)
+        ctrl, where = ray_glue.start_controller(cfg, ctx.tag, str(ctx.repo_path), ctx.redis_url,
+                                                str(ctx.run_dir.resolve()), workers, proposer)
+        stack.callback(ray_glue.kill_actors, [ctrl])
+        stops: list[int] = []
 
         def request_stop(signum, frame):
-            if ctrl.stop_requested:
+            stops.append(signum)
+            if len(stops) > 1:
                 raise KeyboardInterrupt
-            report("stopping: running candidates go back to the queue (Ctrl-C again to abort)")
-            ctrl.stop_requested = True
 
         old = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         stack.callback(lambda: [signal.signal(s, h) for s, h in old.items()])
@@ -160,16 +169,44 @@ def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], N
             pinned = cfg.with_overrides({"run.repo": str(ctx.repo_path), "run.tag": ctx.tag})
             ctx.store.create_run({"tag": ctx.tag, "repo": str(ctx.repo_path), "created": time.time(),
                                   "config": pinned.to_dict(), "status": "running"})
-        ctx.store.update_run(status="running", redis=ctx.redis_url, run_dir=str(ctx.run_dir))
+        ctx.store.update_run(status="running", redis=ctx.redis_url, run_dir=str(ctx.run_dir),
+                             controller={"actor": f"{ctx.tag}:controller", **where},
+                             workers={w.name: f"{ctx.tag}:{w.name}" for w in workers})
         try:
-            ctrl.start(resume)
-            why = ctrl.run()
+            why = _wait_for(ctrl, ctrl.run.remote(resume), stops, report)
+        except ray.exceptions.RayActorError as e:  # its process died: nothing re-queued its running jobs
+            ctx.store.update_run(status="crashed", ended=time.time(), why=f"the controller died: {e}"[:500])
+            raise FarmError(f"the controller of run {ctx.tag} (actor {ctx.tag}:controller, pid {where['pid']}) "
+                            f"died; `--resume` continues the run") from None
         except BaseException as e:  # recorded, so `status` says so and the embedded Redis is not kept for it
-            ctx.store.update_run(status="crashed", ended=time.time(), why=f"{type(e).__name__}: {e}"[:500])
+            cause = e.cause if isinstance(e, ray.exceptions.RayTaskError) and e.cause is not None else e
+            ctx.store.update_run(status="crashed", ended=time.time(), why=f"{type(cause).__name__}: {cause}"[:500])
+            if isinstance(cause, FarmError):
+                raise cause from None  # the controller's own error, said as it said it
             raise
-        finally:
-            ctrl.shutdown()
         ctx.store.update_run(status="stopped" if why == "stopped" else "done", ended=time.time(), why=why)
-        report(ctrl.progress_line())
         report(f"run {ctx.tag} ended: {why}. Results: autoresearch-farm results --tag {ctx.tag}")
         return why
+
+
+def _wait_for(ctrl, run_ref, stops: list[int], report: Callable[[str], None]) -> str:
+    """Print the controller's lines as they come until its run ends; pass the first Ctrl-C /
+    SIGTERM on as a stop (a second one aborts here, with KeyboardInterrupt)."""
+    import ray
+
+    asked = False
+    lines = ctrl.lines.remote(LINES_WAIT_S)
+    while True:
+        ready, _ = ray.wait([lines, run_ref], num_returns=1, timeout=STOP_POLL_S)
+        if stops and not asked:
+            report("stopping: running candidates go back to the queue (Ctrl-C again to abort)")
+            ctrl.stop.remote()
+            asked = True
+        if lines in ready:
+            for line in ray.get(lines):
+                report(line)
+            lines = ctrl.lines.remote(LINES_WAIT_S)
+        if ray.wait([run_ref], timeout=0)[0]:
+            for line in ray.get(lines) + ray.get(ctrl.lines.remote()):  # the last ones
+                report(line)
+            return ray.get(run_ref)

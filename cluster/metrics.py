@@ -3,7 +3,7 @@
 Why Ray's pipeline: every Ray node already runs a metrics agent that serves Prometheus text on its
 `--metrics-export-port`, and Ray writes a Prometheus service-discovery file listing every node, so
 a Prometheus on the head finds the farm's series with no extra configuration, next to Ray's own.
-The controller (the driver process) is the only writer; it records through one `FarmMetrics`.
+The controller (in the `<tag>:controller` actor's process) is the only writer; it records through one `FarmMetrics`.
 
 Every metric is named `autoresearch_farm_*` and carries the run's `tag` as a label. Ray adds its
 `ray_` namespace on export and Prometheus adds `_total` to counters, so the scraped series are::

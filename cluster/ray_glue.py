@@ -1,9 +1,12 @@
 """Ray glue: connect to (or start) a cluster, and place the farm's actors on it.
 
 Actors are named under the namespace `autoresearch-farm` so the Ray dashboard's actor list reads
-as the farm: `<tag>:proposer` and one `<tag>:worker-<i>` per GPU (CPU workers where a machine has
-none). Ray pins a worker declared with `num_gpus=1` to one GPU and sets its CUDA_VISIBLE_DEVICES;
-workers restart after a crash (`max_restarts=-1`) while the controller re-queues what they ran.
+as the farm: `<tag>:proposer`, `<tag>:controller` (the controller loop and its judge, pinned to the
+driver's node, which holds the repository and the run directory) and one worker per GPU named by
+where it runs, `<tag>:<node-ip>:gpu<k>` (`<tag>:<node-ip>:cpu<k>` for CPU workers where a machine
+has none). Each worker runs in a bundle of one placement group; a bundle keeps the GPU Ray gave
+it, so a worker restarted after a crash (`max_restarts=-1`, while the controller re-queues what it
+ran) comes back on the same GPU under the same name. Only a node that dies moves its bundles.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,55 +65,123 @@ def uses_gpus(cfg: FarmConfig) -> bool:
     return cfg.workers.gpus_per_worker > 0 and ray.cluster_resources().get("GPU", 0) >= cfg.workers.gpus_per_worker
 
 
+PLACEMENT_TIMEOUT_S = 300.0  # how long the workers wait for their GPUs (other jobs may hold them)
+# the placement group of each live worker (by actor id) and the workers left in each group, so that
+# killing a run's workers (`kill_actors`, `stop_workers`) also gives their GPUs back
+_GROUP_OF: dict[str, Any] = {}
+_MEMBERS: dict[str, set[str]] = {}
+
+
 @dataclass
 class WorkerSlot:
-    name: str
+    name: str  # where it runs, `<node-ip>:gpu<k>`; its actor is `<tag>:<name>`
     handle: Any  # ray.actor.ActorHandle
     info: dict[str, Any]
 
 
+def _where() -> dict[str, Any]:
+    """Where this task runs: the node and the GPUs Ray gave it (its bundle's)."""
+    return {"node_ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+
+
+def worker_names(places: list[dict[str, Any]]) -> list[str]:
+    """A name per bundle from where it is: `<node-ip>:gpu<k>` (`gpu<j>+<k>` for a worker of several
+    GPUs), `<node-ip>:cpu<k>` for CPU workers numbered per node; a GPU shared by fractional workers
+    names its second and later workers `...#2`, `...#3`."""
+    names, seen, cpus = [], {}, {}
+    for p in places:
+        if p["gpu_ids"]:
+            base = f"{p['node_ip']}:gpu" + "+".join(p["gpu_ids"])
+        else:
+            cpus[p["node_ip"]] = cpus.get(p["node_ip"], -1) + 1
+            base = f"{p['node_ip']}:cpu{cpus[p['node_ip']]}"
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    return names
+
+
+def _gpu_order(place: dict[str, Any]) -> tuple:
+    return (place["node_ip"], [int(g) if g.isdigit() else g for g in place["gpu_ids"]])
+
+
 def start_workers(cfg: FarmConfig, tag: str, work_root: str) -> list[WorkerSlot]:
-    """One actor per worker; each reports its node, GPU ids and accelerator before work starts."""
+    """One actor per worker, each in its own bundle of a placement group, named after the node and
+    GPU of its bundle (asked of the bundle first, since a name is given at creation), and checked
+    against the GPUs the actor itself reports before work starts. `stop_workers` ends them."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
     from worker.actor import Worker
 
     n = worker_count(cfg)
     gpu = uses_gpus(cfg)
     resources = ray.cluster_resources()
-    need = {"GPU": n * cfg.workers.gpus_per_worker if gpu else 0.0, "CPU": n * cfg.workers.cpus_per_worker}
+    gpus = cfg.workers.gpus_per_worker if gpu else 0.0
+    need = {"GPU": n * gpus, "CPU": n * cfg.workers.cpus_per_worker}
     for kind, amount in need.items():
         if amount > resources.get(kind, 0):
             raise FarmError(f"{n} workers need {amount:g} {kind}s ({kind.lower()}s_per_worker x workers); the cluster "
                             f"has {resources.get(kind, 0):g}. Use fewer --workers or lower workers.{kind.lower()}s_per_worker")
-    options: dict[str, Any] = {"max_restarts": -1, "max_concurrency": 2, "namespace": NAMESPACE}
-    if gpu:
-        options.update(num_gpus=cfg.workers.gpus_per_worker, num_cpus=cfg.workers.cpus_per_worker)
-    else:
-        options.update(num_gpus=0, num_cpus=cfg.workers.cpus_per_worker)
-    actor_cls = ray.remote(Worker)
-    slots = []
-    for i in range(n):
-        name = f"worker-{i}"
-        settings = {
-            "name": name,
-            "work_root": work_root,
-            "command": list(cfg.train.command),
-            "frozen": list(cfg.run.frozen),
-            "prepare_command": list(cfg.train.prepare_command),
-            "budget": cfg.train.budget,
-            "grace": cfg.train.grace,
-            "cache_dir": cfg.train.cache_dir,
-            "isolate_network": cfg.train.isolate_network,
-            "env": dict(cfg.train.env),
-            "cpu_threads": 0 if gpu else max(1, int(cfg.workers.cpus_per_worker)),
-            "device": "" if gpu else "cpu",
-        }
-        handle = actor_cls.options(name=f"{tag}:{name}", get_if_exists=False, **options).remote(settings)
-        slots.append(WorkerSlot(name, handle, {}))
-    infos = ray.get([s.handle.info.remote() for s in slots], timeout=300)
-    for slot, info in zip(slots, infos):
-        slot.info = info
+    bundle = {"CPU": cfg.workers.cpus_per_worker, **({"GPU": gpus} if gpu else {})}
+    pg = placement_group([dict(bundle) for _ in range(n)], strategy="PACK", name=f"{tag}:workers")
+    if not pg.wait(timeout_seconds=PLACEMENT_TIMEOUT_S):
+        remove_placement_group(pg)
+        raise FarmError(f"the cluster found no room for {n} workers ({bundle}) within {PLACEMENT_TIMEOUT_S:.0f}s: "
+                        "something else holds its GPUs or CPUs (`ray status`). Use fewer --workers")
+    try:
+        def in_bundle(i: int) -> PlacementGroupSchedulingStrategy:
+            return PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
+
+        probe = ray.remote(_where)
+        places = ray.get([probe.options(num_cpus=0, num_gpus=gpus, scheduling_strategy=in_bundle(i)).remote()
+                          for i in range(n)],
+                         timeout=PLACEMENT_TIMEOUT_S)
+        order = sorted(range(n), key=lambda i: _gpu_order(places[i]))
+        names = worker_names([places[i] for i in order])
+        actor_cls = ray.remote(Worker)
+        slots = []
+        for i, name in zip(order, names):
+            settings = {
+                "name": name,
+                "work_root": work_root,
+                "command": list(cfg.train.command),
+                "frozen": list(cfg.run.frozen),
+                "editable": cfg.run.editable,
+                "trusted_eval": cfg.train.trusted_eval,
+                "prepare_command": list(cfg.train.prepare_command),
+                "budget": cfg.train.budget,
+                "grace": cfg.train.grace,
+                "cache_dir": cfg.train.cache_dir,
+                "isolate_network": cfg.train.isolate_network,
+                "env": dict(cfg.train.env),
+                "cpu_threads": 0 if gpu else max(1, int(cfg.workers.cpus_per_worker)),
+                "device": "" if gpu else "cpu",
+            }
+            handle = actor_cls.options(
+                name=f"{tag}:{name}", namespace=NAMESPACE, get_if_exists=False, max_restarts=-1, max_concurrency=2,
+                num_gpus=gpus, num_cpus=cfg.workers.cpus_per_worker, scheduling_strategy=in_bundle(i),
+            ).remote(settings)
+            slots.append(WorkerSlot(name, handle, {"node_ip": places[i]["node_ip"]}))
+        infos = ray.get([s.handle.info.remote() for s in slots], timeout=PLACEMENT_TIMEOUT_S)
+    except BaseException:
+        remove_placement_group(pg)  # ends the workers created so far with it
+        raise
+    _MEMBERS[pg.id.hex()] = {s.handle._actor_id.hex() for s in slots}
+    _GROUP_OF.update((s.handle._actor_id.hex(), pg) for s in slots)
+    for slot, info, i in zip(slots, infos, order):
+        slot.info = {**info, "node_ip": places[i]["node_ip"]}
+        if [str(g) for g in info["gpu_ids"]] != places[i]["gpu_ids"]:
+            stop_workers(slots)
+            raise FarmError(f"worker {slot.name} reports GPUs {info['gpu_ids']}, not its bundle's "
+                            f"{places[i]['gpu_ids']}; its name would be wrong")
         log.info("%s on %s: GPUs %s (%s)", slot.name, info["node"], info["gpu_ids"] or "none", info["accelerator"])
     return slots
+
+
+def stop_workers(slots: list[WorkerSlot]) -> None:
+    """End the workers and give back their placement group's GPUs and CPUs."""
+    kill_actors([s.handle for s in slots])
 
 
 class ProposerActor:
@@ -148,9 +220,94 @@ def start_proposer(cfg: FarmConfig, tag: str, profile: str, program: str = "",
     return ray.remote(ProposerActor).options(**options).remote(cfg.proposer.kind, settings, secrets)
 
 
+class ControllerActor:
+    """The controller loop (dispatch, collect, judge, merge) in an actor of its own, `<tag>:controller`.
+
+    It opens the run's repository, run directory and store itself, so it must run on the node that
+    holds them: `start_controller` pins it to the driver's node. Its `run` call holds one thread for
+    the whole run; `stop`, `lines` and `where` answer from others meanwhile. The driver prints the
+    lines the loop reports as they come (a `lines` call waits for the next) and asks it to `stop`
+    on Ctrl-C or SIGTERM."""
+
+    def __init__(self, cfg: FarmConfig, tag: str, repo_path: str, redis_url: str, run_dir: str,
+                 workers: list[WorkerSlot], proposer: Any):
+        from pathlib import Path
+
+        from .controller import Controller
+        from .redis_server import connect
+        from .repo import FarmRepo
+        from .store import Store
+
+        self._lines: list[str] = []
+        self._new_line = threading.Condition()
+        self.repo = FarmRepo(Path(repo_path), editable=cfg.run.editable, frozen=tuple(cfg.run.frozen))
+        self.r = connect(redis_url)
+        store = Store(self.r, tag, prefix=cfg.store.prefix)
+        self.ctrl = Controller(cfg, tag, store, self.repo, workers, proposer, Path(run_dir), report=self._report)
+
+    def _report(self, line: str) -> None:
+        with self._new_line:
+            self._lines.append(line)
+            self._new_line.notify_all()
+
+    def where(self) -> dict[str, Any]:
+        return {"node_ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id(),
+                "pid": os.getpid()}
+
+    def run(self, resume: bool) -> str:
+        """Start (or resume) the run, step until it ends, then stop cleanly; returns why it ended."""
+        try:
+            self.ctrl.start(resume)
+            why = self.ctrl.run()
+        finally:
+            self.ctrl.shutdown()
+        self._report(self.ctrl.progress_line())
+        return why
+
+    def stop(self) -> None:
+        self.ctrl.stop_requested = True
+
+    def lines(self, wait_s: float = 0.0) -> list[str]:
+        """The lines reported since the last call, waiting up to wait_s for one when there are none."""
+        with self._new_line:
+            if not self._lines and wait_s > 0:
+                self._new_line.wait(wait_s)
+            out, self._lines = self._lines, []
+        return out
+
+
+def start_controller(cfg: FarmConfig, tag: str, repo_path: str, redis_url: str, run_dir: str,
+                     workers: list[WorkerSlot], proposer: Any) -> tuple[Any, dict[str, Any]]:
+    """The controller actor, on this (the driver's) node, and where it runs (node, pid)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    try:
+        handle = ray.remote(ControllerActor).options(
+            name=f"{tag}:controller", namespace=NAMESPACE, get_if_exists=False, num_cpus=0, max_restarts=0,
+            max_concurrency=4, scheduling_strategy=here,
+        ).remote(cfg, tag, repo_path, redis_url, run_dir, workers, proposer)
+    except ValueError as e:  # the name is taken: this run's controller already runs on this cluster
+        raise FarmError(f"run {tag} already has a controller on this Ray cluster ({e}); stop it first") from None
+    return handle, ray.get(handle.where.remote(), timeout=120)
+
+
 def kill_actors(handles: list[Any]) -> None:
+    """Kill the actors; a placement group of workers is removed once all its workers are killed."""
     for h in handles:
         try:
             ray.kill(h, no_restart=True)
         except Exception:  # already gone
             pass
+        group = _GROUP_OF.pop(h._actor_id.hex(), None)
+        if group is not None:
+            members = _MEMBERS[group.id.hex()]
+            members.discard(h._actor_id.hex())
+            if not members:
+                del _MEMBERS[group.id.hex()]
+                try:
+                    from ray.util.placement_group import remove_placement_group
+
+                    remove_placement_group(group)
+                except Exception:  # already removed, or Ray is gone
+                    pass

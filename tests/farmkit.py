@@ -69,7 +69,7 @@ class ScriptedProposer:
 def farm_config(repo: Path, **overrides) -> FarmConfig:
     base = {
         "run.repo": str(repo), "run.tag": "t1", "train.budget": 1.0, "train.grace": 20.0,
-        "train.prepare_command": [], "workers.count": 2, "judge.baseline_runs": 3,
+        "train.prepare_command": [], "train.trusted_eval": False, "workers.count": 2, "judge.baseline_runs": 3,
         "proposer.queue_margin": 1,
     }
     base.update(overrides)
@@ -131,6 +131,7 @@ SCRIPTED_CONFIG = """
 budget = 1.0
 grace = 20.0
 prepare_command = []
+trusted_eval = false  # the scripted train.py prints its own val_bpb
 [workers]
 count = 2
 gpus_per_worker = 0.0

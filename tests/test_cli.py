@@ -4,6 +4,7 @@ on a target repository with the scripted training command (tests/fixtures/script
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -70,6 +71,9 @@ def test_a_tag_whose_branch_exists_is_refused_before_anything_is_recorded(target
 
 def test_ctrl_c_then_resume_loses_nothing_and_repeats_nothing(target, tmp_path):
     cfg = str(tmp_path / "farm.toml")
+    # runs long enough that the stop (driver -> controller actor) lands while work is left
+    (target / "train.py").write_text((target / "train.py").read_text().replace("SLEEP = 0.3", "SLEEP = 1.0"))
+    git(target, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "slower runs")
     proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "run", "--config", cfg, "--tag", "R",
                              "--max-experiments", "6", "--no-dashboard"], cwd=target, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -102,10 +106,15 @@ def test_kill_9_of_the_farm_then_resume_loses_nothing_and_merges_nothing_twice(t
     proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "run", "--config", cfg, "--tag", "K",
                              "--max-experiments", "6", "--no-dashboard"], cwd=target, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+    wait_for_line(proc, "run K: main line")  # the run is up: its controller is recorded
+    loop = controller_pid(cfg, "K", target)
+    assert loop != proc.pid, "the loop runs in its actor's process"
     measured = 0
     deadline = time.time() + 240
     while time.time() < deadline and measured < 2:
         measured += "[measure]" in proc.stdout.readline()
+    proc.send_signal(signal.SIGSTOP)  # the driver can mark nothing ...
+    os.kill(loop, signal.SIGKILL)  # ... while the process running the controller loop dies mid-step
     proc.kill()  # SIGKILL: no clean-up at all
     proc.wait(timeout=30)
     mid = json.loads(farm("status", "--config", cfg, "--tag", "K", "--json", cwd=target).stdout)
@@ -124,6 +133,53 @@ def test_kill_9_of_the_farm_then_resume_loses_nothing_and_merges_nothing_twice(t
     assert len({r["cand"] for r in records if r["purpose"] == "measure"}) == 6
     moves = git(target, "reflog", "show", "--format=%H", "autoresearch/K").split()
     assert len(moves) == 1 + final["candidates"]["merged"] - 1, "one main-line move per merged candidate"
+
+
+def wait_for_line(proc: subprocess.Popen, start: str, timeout: float = 240) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith(start) or not line:
+            return line
+    raise AssertionError(f"no line {start!r} within {timeout:.0f}s")
+
+
+def controller_pid(cfg: str, tag: str, cwd: Path) -> int:
+    """The pid of the process running the run's controller loop (the `<tag>:controller` actor)."""
+    status = json.loads(farm("status", "--config", cfg, "--tag", tag, "--json", cwd=cwd).stdout)
+    assert status["controller"]["actor"] == f"{tag}:controller"
+    return status["controller"]["pid"]
+
+
+def test_a_controller_killed_alone_is_recorded_as_crashed_and_resume_finishes_the_run(target, tmp_path):
+    cfg = str(tmp_path / "farm.toml")
+    (target / "train.py").write_text((target / "train.py").read_text().replace("SLEEP = 0.3", "SLEEP = 2.0"))
+    git(target, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "slower runs")
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "run", "--config", cfg, "--tag", "C",
+                             "--max-experiments", "4", "--no-dashboard"], cwd=target, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen = [wait_for_line(proc, "run C: main line")]  # the run is up: its controller is recorded
+    loop = controller_pid(cfg, "C", target)
+    os.kill(loop, signal.SIGKILL)  # the baseline is being measured meanwhile
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, "".join(seen) + rest
+    assert f"the controller of run C (actor C:controller, pid {loop}) died" in rest and "--resume" in rest
+    mid = json.loads(farm("status", "--config", cfg, "--tag", "C", "--json", cwd=target).stdout)
+    assert mid["status"] == "crashed" and mid["why_ended"].startswith("the controller died")
+    done_before = {r["job"] for r in json.loads(
+        farm("results", "--config", cfg, "--tag", "C", "--format", "json", cwd=target).stdout)}
+    out = farm("run", "--config", cfg, "--tag", "C", "--resume", "--no-dashboard", cwd=target)
+    assert out.returncode == 0 and "4 experiments done" in out.stdout, out.stdout + out.stderr
+    assert "running job(s) re-queued" in out.stdout
+    records = json.loads(farm("results", "--config", cfg, "--tag", "C", "--format", "json", cwd=target).stdout)
+    jobs = [r["job"] for r in records]
+    assert len(jobs) == len(set(jobs)) and done_before <= set(jobs)
+    final = json.loads(farm("status", "--config", cfg, "--tag", "C", "--json", cwd=target).stdout)
+    assert final["status"] == "done" and final["controller"]["pid"] != loop
+    assert final["candidates"]["queued"] == final["candidates"]["running"] == final["candidates"]["finished"] == 0
+    assert len({r["cand"] for r in records if r["purpose"] == "measure"}) == 4
+    moves = git(target, "reflog", "show", "--format=%H", "autoresearch/C").split()
+    assert len(moves) == final["candidates"]["merged"], "one main-line move per merged candidate"
 
 
 def test_the_farms_metrics_are_on_rays_prometheus_endpoint_during_a_run(target, tmp_path):

@@ -259,11 +259,12 @@ def test_the_cli_submits_reads_pulls_stops_and_resumes_a_cluster_run(address, tm
         deadline = time.time() + 120
         while time.time() < deadline:
             mid = cli("status", "--address", address, "--tag", "S", "--json")
-            if mid.returncode == 0 and json.loads(mid.stdout)["measurements"] >= 3:
+            if mid.returncode == 0 and json.loads(mid.stdout)["measurements"] >= 1:  # each look is a job: seconds
                 break
             time.sleep(2)
         stopped = cli("stop", "S", "--address", address)
-        assert stopped.returncode == 0 and "STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
+        assert stopped.returncode == 0 and "STOPPED" in stopped.stdout, (
+            stopped.stdout + stopped.stderr + jobs.client(address).get_job_logs(jobs.resolve_job(address, "S")))
         before = json.loads(cli("results", "--address", address, "--tag", "S", "--format", "json").stdout)
         again = cli("submit", "--address", address, "--tag", "S", "--resume")
         assert again.returncode == 0, again.stderr
