@@ -237,3 +237,40 @@ def test_without_nested_user_namespaces_the_layer_says_it_is_unlocked(tmp_path: 
     assert "hidden-unlocked" in out.containment and "hidden" not in out.containment
     seen = json.loads((tmp_path / "run" / "seen.json").read_text())
     assert seen["umount"] == 0 and seen["val"] == "VALIDATION", "unlocked: the gap the layer's name admits"
+
+
+WRITE = textwrap.dedent("""
+    import json, os, subprocess, sys
+    cache = sys.argv[1]
+    tries = {}
+    for name, act in [("write", lambda: open(os.path.join(cache, "train.bin"), "w").write("X")),
+                      ("create", lambda: open(os.path.join(cache, "new.bin"), "w").write("X")),
+                      ("remount", lambda: subprocess.run(["mount", "-o", "remount,bind,rw", cache], check=True))]:
+        try:
+            act()
+            tries[name] = "ok"
+        except (OSError, subprocess.CalledProcessError) as e:
+            tries[name] = type(e).__name__
+    tries["write_after"] = "ok"
+    try:
+        open(os.path.join(cache, "train.bin"), "a").write("Y")
+    except OSError as e:
+        tries["write_after"] = type(e).__name__
+    tries["val"] = open(os.path.join(cache, "val.bin")).read()
+    json.dump(tries, open("seen.json", "w"))
+""")
+
+
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+def test_a_read_only_path_cannot_be_written_or_made_writable_and_hiding_still_works_inside(
+        tmp_path: Path, cache: Path, mode: str) -> None:
+    out = _run(tmp_path, WRITE + SUMMARY + "\n", str(cache), readonly=[cache], hide=[cache / "val.bin"])
+    assert out.status == "ok", (tmp_path / "run.log").read_text()
+    seen = json.loads((tmp_path / "run" / "seen.json").read_text())
+    assert seen["write"] != "ok" and seen["create"] != "ok", seen
+    if worker.sandbox.locking_available(mode):
+        assert seen["remount"] != "ok" and seen["write_after"] != "ok", "locked: it stays read-only"
+        assert {"read-only", "hidden"} <= set(out.containment)
+    assert seen["val"] == "" and out.hidden_touched == [str(cache / "val.bin")]
+    assert (cache / "train.bin").read_text() == "TRAIN" and not (cache / "new.bin").exists()
+    _intact(cache)

@@ -193,3 +193,35 @@ def test_without_trusted_evaluation_the_printed_number_is_used(tmp_path, cache):
             trusted_eval=False)
     assert r["status"] == "ok" and r["val_bpb"] == 0.5 and "trusted-eval" not in r["containment"]
     assert not math.isnan(r["val_bpb"])
+
+
+WRITER = tiny(train='import glob, os\n'
+                    '    root = os.environ.get("AUTORESEARCH_" + "CACHE")\n'
+                    '    for p in glob.glob(os.path.join(root, "tokenized", "*", "train.bin")):\n'
+                    '        try:\n'
+                    '            open(p, "r+b").write(b"\\0\\0")\n'
+                    '            print("wrote", p)\n'
+                    '        except OSError as e:\n'
+                    '            print("refused", type(e).__name__)')
+
+
+@pytest.mark.skipif(not hiding_available(), reason="no mount namespace here: the data cannot be made read-only")
+def test_the_prepared_data_is_read_only_to_a_run(tmp_path, cache):
+    before = {p: p.read_bytes()[:64] for p in cache.glob("tokenized/*/train.bin")}
+    r = run(tmp_path, cache, WRITER, tripwire=False)
+    assert "refused" in r["log"] and "wrote" not in r["log"]
+    assert r["status"] == "ok" and "read-only" in r["containment"], r["reason"]
+    assert {p: p.read_bytes()[:64] for p in cache.glob("tokenized/*/train.bin")} == before
+
+
+def test_a_run_that_changes_the_prepared_data_is_recorded_as_cheat(tmp_path, cache, monkeypatch):
+    # where no mount namespace makes the data read-only, the worker's before/after check catches it
+    import worker.sandbox
+
+    own = tmp_path / "cache"
+    shutil.copytree(cache, own)  # this test damages its data
+    monkeypatch.setattr(worker.sandbox, "hiding_available", lambda: None)
+    r = run(tmp_path, own, WRITER, tripwire=False)
+    assert "wrote" in r["log"]
+    assert r["status"] == "cheat" and r["reason"].startswith("changed the prepared data (")
+    assert "train.bin" in r["reason"] and "prepare.py --force" in r["reason"]

@@ -215,6 +215,15 @@ class Worker:
             return Path(configured).expanduser()
         return Path(os.environ.get("XDG_CACHE_HOME", "").strip() or "~/.cache").expanduser() / "autoresearch"
 
+    def data_state(self) -> dict[str, tuple[int, int, int, int]]:
+        """(size, mtime, ctime, inode) of every prepared file: any write, even one that restores
+        the mtime, changes the ctime."""
+        out = {}
+        for path in sorted(self.cache_dir().glob("tokenized/**/*")):
+            st = path.stat()
+            out[str(path)] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        return out
+
     def hidden_paths(self) -> list[Path]:
         """What a training process must not read: every prepared validation split, and the raw data."""
         cache = self.cache_dir()
@@ -247,6 +256,7 @@ class Worker:
             python_command(["python", EVAL_SCRIPT, "--weights", str(weights), "--out", str(out)]), eval_dir,
             log_path=log_path, budget_s=0.0, grace_s=float(s["grace"]), env_extra=self._env(),
             isolate_network=bool(s.get("isolate_network")), cancel=self._cancel,
+            readonly=[p for p in [self.cache_dir() / "tokenized"] if p.is_dir()],
         )
         try:
             verdict = json.loads(out.read_text()) if out.is_file() and ev.exit_code == 0 else None
@@ -287,6 +297,7 @@ class Worker:
         editable = s.get("editable") or "train.py"
         weights = self.root / "handoff" / f"{job['id']}-a{job['attempt']}.pt"  # outside the run dir
         env = self._env()
+        data_before = self.data_state() if trusted else {}
         scan = trusted and s.get("tripwire", True) and editable in files  # tests turn it off to reach the layers behind
         warning = tripwire.check(files[editable].decode("utf-8", "replace")) if scan else None
         if warning:  # refused before it runs: no GPU time spent on it
@@ -304,6 +315,7 @@ class Worker:
                 log_path=log_path, budget_s=float(s["budget"]), grace_s=float(s["grace"]),
                 env_extra=env, isolate_network=bool(s.get("isolate_network")), cancel=self._cancel,
                 hide=self.hidden_paths() if trusted else (),
+                readonly=[p for p in [self.cache_dir() / "tokenized"] if trusted and p.is_dir()],
             )
         summary = dict(outcome.summary or {})
         status, reason, tail = outcome.status, outcome.reason, outcome.log_tail
@@ -317,6 +329,11 @@ class Worker:
             summary["val_bpb"] = val
             containment = ",".join(filter(None, [containment, "trusted-eval"]))
         weights.unlink(missing_ok=True)
+        if trusted and (changed := sorted(k for k, v in self.data_state().items() ^ data_before.items())):
+            status, reason = RunStatus.CHEAT.value, (
+                f"changed the prepared data ({', '.join(sorted(set(changed)))[:300]}): every later run would be "
+                "scored on it; rebuild it with `python prepare.py --force`")
+            log.error("%s: run %s %s", self.name, job["id"], reason)
 
         def num(key: str) -> float | None:
             v = summary.get(key)

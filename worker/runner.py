@@ -168,6 +168,7 @@ def run_training(
     max_log_bytes: int | None = DEFAULT_MAX_LOG_BYTES,
     allow: tuple[str, ...] = DEFAULT_ALLOW,
     hide: Sequence[Path] = (),
+    readonly: Sequence[Path] = (),
 ) -> RunOutcome:
     """Run ``cmd`` in ``cwd`` until it exits, ``budget_s + grace_s`` pass, or ``cancel`` is set.
 
@@ -175,7 +176,8 @@ def run_training(
     there). ``containment``: ``"auto"`` | ``"cgroup"`` | ``"process-tracking"`` (see
     :func:`worker.sandbox.start_sandboxed`). ``memory_limit_bytes`` is applied only where a cgroup
     memory controller is available (``"memory.max"`` then appears in ``containment``). ``hide``:
-    paths the run must see empty (``"hidden"`` then appears in ``containment``).
+    paths the run must see empty (``"hidden"`` then appears in ``containment``); ``readonly``:
+    paths it must not change (``"read-only"``).
     """
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +193,7 @@ def run_training(
         stop = ""  # why the runner stopped the run: "" (it exited) | timeout | cancel | log
         with start_sandboxed(cmd, Path(cwd), env, logf, containment=containment,
                              isolate_network=isolate_network,
-                             memory_limit_bytes=memory_limit_bytes, hide=hide) as sp:
+                             memory_limit_bytes=memory_limit_bytes, hide=hide, readonly=readonly) as sp:
             tracking = sp.layers[0] == "process-tracking"
             while True:
                 wait = min(poll_s, max(0.0, deadline - time.monotonic()))

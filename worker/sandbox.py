@@ -56,6 +56,12 @@ Layers, and when each is used
     (``/proc/<worker pid>/root`` and ``nsenter`` into the worker's namespaces are refused). Where a
     nested user namespace is refused, the paths are still hidden but not locked (the layer is
     then ``hidden-unlocked``, and a run that unmounts a decoy reads the real file unseen).
+``read-only`` (optional, ``readonly=[paths]``)
+    In the same mount namespace, each path becomes a read-only bind mount of itself before the
+    decoys go on top, and the same nested user namespace locks it (``read-only-unlocked`` where it
+    cannot): the prepared data a run reads, which a run that wrote to it would change for every
+    later candidate. Not covered: without a mount namespace, nothing (the worker's before/after
+    check of the data is the backstop).
 
 Memory without a cgroup: none, deliberately. ``RLIMIT_AS`` breaks CUDA (the driver reserves
 terabytes of virtual address space); ``RLIMIT_DATA`` counts private writable mappings (pinned
@@ -184,17 +190,25 @@ def network_isolation_available() -> str | None:
     return None
 
 
-def _unshare_prefix(flags: str, lo_up: bool, binds: Mapping[Path, Path], lock: bool = False) -> list[str]:
-    """``unshare -<flags>``, then an ``sh`` prelude that brings ``lo`` up and bind-mounts each
-    decoy over its hidden path (failing closed: exit 125) before it execs the command; with
-    ``lock``, through a nested ``unshare -rm``, whose copy of the mounts the command cannot undo."""
+def _unshare_prefix(flags: str, lo_up: bool, binds: Mapping[Path, Path], lock: bool = False,
+                    readonly: Sequence[Path] = ()) -> list[str]:
+    """``unshare -<flags>``, then an ``sh`` prelude that brings ``lo`` up, makes each ``readonly``
+    path a read-only bind of itself and bind-mounts each decoy over its hidden path (failing
+    closed: exit 125) before it execs the command; with ``lock``, through a nested ``unshare -rm``,
+    whose copy of the mounts the command can neither undo nor make writable again."""
     q = shlex.quote
+    mount = q(shutil.which("mount") or "mount")
+
+    def fail(what: str) -> str:
+        return f" || {{ echo {q(f'autoresearch-sandbox: cannot {what}')} >&2; exit 125; }}; "
+
     script = (_LO_UP if lo_up else "") + "".join(
-        f"{q(shutil.which('mount') or 'mount')} --bind {q(str(d))} {q(os.path.abspath(p))} || "
-        f"{{ echo {q(f'autoresearch-sandbox: cannot hide {p}')} >&2; exit 125; }}; "
-        for d, p in binds.items())
+        f"{mount} --bind {q(os.path.abspath(p))} {q(os.path.abspath(p))} && "
+        f"{mount} -o remount,bind,ro {q(os.path.abspath(p))}" + fail(f"make {p} read-only")
+        for p in readonly) + "".join(
+        f"{mount} --bind {q(str(d))} {q(os.path.abspath(p))}" + fail(f"hide {p}") for d, p in binds.items())
     unshare = shutil.which("unshare") or "unshare"
-    run = f"exec {q(unshare)} -rm -- \"$@\"" if lock and binds else 'exec "$@"'
+    run = f"exec {q(unshare)} -rm -- \"$@\"" if lock and (binds or readonly) else 'exec "$@"'
     return [unshare, f"-{flags}", "--"] + ([_sh(), "-c", script + run, "autoresearch-ns"] if script else [])
 
 
@@ -564,13 +578,15 @@ def start_sandboxed(
     isolate_network: bool = False,
     memory_limit_bytes: int | None = None,
     hide: Sequence[Path] = (),
+    readonly: Sequence[Path] = (),
 ) -> SandboxedProcess:
     """Start ``cmd`` in its own session with the given (already scrubbed) ``env``, contained.
 
     ``containment``: ``"auto"`` (cgroup when available, else process-tracking), ``"cgroup"``
     (error when unavailable) or ``"process-tracking"`` (forced fallback). stderr goes to stdout.
     ``hide``: paths the command must see empty (layer ``hidden``, when available; missing paths
-    are skipped).
+    are skipped). ``readonly``: paths the command must not change (layer ``read-only``, same
+    mount namespace; hidden paths inside them are still hidden).
     """
     if containment not in ("auto", "cgroup", "process-tracking"):
         raise ValueError(f"containment must be auto, cgroup or process-tracking, not {containment!r}")
@@ -588,12 +604,13 @@ def start_sandboxed(
             raise SandboxError("network isolation requested, but unshare -n/-rn does not work here")
         ns = "rn" if net == "userns-netns" else "n"
     hidden = [Path(p) for p in hide if os.path.exists(p)]
-    flag = hiding_available() if hidden else None
-    if hidden and flag is None:
-        log.warning("cannot hide %s: no private mount namespace here (unshare -m/-rm, mount)",
-                    ", ".join(map(str, hidden)))
-        hidden = []
-    if hidden and flag:  # one unshare for both layers: -nm, -rnm, -m or -rm
+    protected = [Path(p) for p in readonly if os.path.exists(p)]
+    flag = hiding_available() if hidden or protected else None
+    if (hidden or protected) and flag is None:
+        log.warning("cannot hide %s or protect %s: no private mount namespace here (unshare -m/-rm, mount)",
+                    ", ".join(map(str, hidden)) or "nothing", ", ".join(map(str, protected)) or "nothing")
+        hidden, protected = [], []
+    if (hidden or protected) and flag:  # one unshare for both layers: -nm, -rnm, -m or -rm
         ns = ("r" if "r" in ns + flag else "") + ns.replace("r", "") + "m"
     if isolate_network:
         layers.append("userns-netns" if "r" in ns else "netns")
@@ -615,15 +632,17 @@ def start_sandboxed(
     child_env = dict(env)
     child_env[TOKEN_VAR] = token
     hide_dir, decoys, inotify, watches = None, {}, None, {}
+    lock = bool(flag) and locking_available(flag)  # type: ignore[arg-type]
     try:
+        if protected:
+            layers.append("read-only" if lock else "read-only-unlocked")
         if hidden:
             hide_dir, decoys = _make_decoys(hidden)
             inotify, watches = _watch(decoys)  # before the start: no open can be missed
-            lock = locking_available(flag)  # type: ignore[arg-type]
             layers.append("hidden" if lock else "hidden-unlocked")
         if ns:
             argv = _unshare_prefix(ns, isolate_network and bool(shutil.which("ip")), decoys,
-                                   lock=bool(hidden) and lock) + argv
+                                   lock=lock, readonly=protected) + argv
         if cg is not None:
             argv = [_sh(), "-c", _JOIN_CGROUP, "autoresearch-sandbox", str(cg / "cgroup.procs")] + argv
         proc = subprocess.Popen(argv, cwd=cwd, env=child_env, stdin=subprocess.DEVNULL,
