@@ -41,6 +41,7 @@ class TrainConfig:
     cache_dir: str = ""  # AUTORESEARCH_CACHE for prepare and train; "" = their default
     isolate_network: bool = True  # run candidates without network where the OS allows it
     trusted_eval: bool = True  # val_bpb comes from the worker's own evaluation process (docs/TRUST.md)
+    disk_quota_gb: float = 20.0  # a run whose directory grows past this is killed (crash); 0 = none
     env: dict[str, str] = field(default_factory=dict)  # extra AUTORESEARCH_* knobs for every run
 
 
@@ -144,7 +145,8 @@ _NON_NEGATIVE = {"run.max_experiments", "run.hours", "train.grace", "workers.cou
                  "judge.bpb_per_line", "judge.max_vram_mb", "proposer.queue_margin", "judge.min_noise",
                  "proposer.fallback_cooldown", "proposer.history_limit", "proposer.temperature",
                  "proposer.max_retries", "proposer.backoff", "proposer.price_per_mtok_in",
-                 "proposer.price_per_mtok_out", "workers.price_per_gpu_hour"}
+                 "proposer.price_per_mtok_out", "workers.price_per_gpu_hour", "train.disk_quota_gb",
+                 "judge.max_overtime"}
 _POSITIVE = {"train.budget", "workers.cpus_per_worker", "workers.max_lost", "workers.lease_slack",
              "workers.heartbeat_seconds", "workers.silent_after",
              "judge.baseline_runs", "judge.noise_k", "judge.default_noise", "proposer.concurrency",

@@ -149,6 +149,7 @@ def start_workers(cfg: FarmConfig, tag: str, work_root: str) -> list[WorkerSlot]
                 "frozen": list(cfg.run.frozen),
                 "editable": cfg.run.editable,
                 "trusted_eval": cfg.train.trusted_eval,
+                "disk_quota_gb": cfg.train.disk_quota_gb,
                 "prepare_command": list(cfg.train.prepare_command),
                 "budget": cfg.train.budget,
                 "grace": cfg.train.grace,

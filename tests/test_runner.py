@@ -332,3 +332,17 @@ def test_a_missing_command_raises_instead_of_blaming_the_candidate(tmp_path: Pat
                      grace_s=1, env_extra={}, containment=layer)
     if layer == "cgroup":
         assert not (cgroup_base() / f"autoresearch-run-{known.hex}").exists()  # type: ignore[operator]
+
+
+def test_a_run_that_fills_its_directory_past_the_quota_is_killed(tmp_path):
+    body = ("import time\n"
+            "for i in range(200):\n"
+            "    open(f'blob{i}', 'wb').write(b'x' * 2**20)\n"
+            "    time.sleep(0.01)\n"
+            "time.sleep(30)\n")
+    (tmp_path / "train.py").write_text(body)
+    out = run_training([sys.executable, "train.py"], tmp_path, log_path=tmp_path / "log", budget_s=20.0, grace_s=5.0,
+                       env_extra={}, poll_s=0.05, disk_quota_bytes=8 * 2**20)
+    assert out.status == "crash" and "exceeded the disk quota of 8388608 bytes" in out.reason, out
+    assert out.wall_seconds < 10, "killed at the quota, not at the deadline"
+    assert sum(p.stat().st_size for p in tmp_path.glob("blob*")) < 100 * 2**20

@@ -315,6 +315,7 @@ class Worker:
                 log_path=log_path, budget_s=float(s["budget"]), grace_s=float(s["grace"]),
                 env_extra=env, isolate_network=bool(s.get("isolate_network")), cancel=self._cancel,
                 hide=self.hidden_paths() if trusted else (),
+                disk_quota_bytes=int(s["disk_quota_gb"] * 2**30) if s.get("disk_quota_gb") else None,
                 readonly=[p for p in [self.cache_dir() / "tokenized"] if trusted and p.is_dir()],
             )
         summary = dict(outcome.summary or {})

@@ -34,6 +34,8 @@ Choices and trade-offs
   sandbox's ``hidden`` layer is available (a warning otherwise, not an error);
   ``hidden_touched`` lists those the run opened, read or listed anyway. The runner only reports
   it: deciding that this is cheating is the caller's (or the judge's) call.
+* **Disk quota** (``disk_quota_bytes``): the run directory's size is checked once per poll and
+  a run past it is killed (``crash``); what it writes elsewhere is not counted.
 * **Start failures raise** (missing executable or cwd, a containment layer that was required but
   is unavailable: :class:`worker.sandbox.SandboxError`): that is the farm's configuration, not
   the candidate's code, and must not be recorded as a crashed candidate.
@@ -138,6 +140,25 @@ class _Follower:
             self.failed = True
 
 
+def dir_bytes(root: Path) -> int:
+    """Disk space (allocated blocks) of everything under ``root``; symlinks are not followed."""
+    total, stack = 0, [str(root)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for e in it:
+                    try:
+                        if e.is_dir(follow_symlinks=False):
+                            stack.append(e.path)
+                        else:
+                            total += e.stat(follow_symlinks=False).st_blocks * 512
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return total
+
+
 def _exit_reason(code: int | None, oom_kills: int) -> str:
     if code is None:
         return "exit status unknown (process would not die)"
@@ -169,6 +190,7 @@ def run_training(
     allow: tuple[str, ...] = DEFAULT_ALLOW,
     hide: Sequence[Path] = (),
     readonly: Sequence[Path] = (),
+    disk_quota_bytes: int | None = None,
 ) -> RunOutcome:
     """Run ``cmd`` in ``cwd`` until it exits, ``budget_s + grace_s`` pass, or ``cancel`` is set.
 
@@ -177,7 +199,8 @@ def run_training(
     :func:`worker.sandbox.start_sandboxed`). ``memory_limit_bytes`` is applied only where a cgroup
     memory controller is available (``"memory.max"`` then appears in ``containment``). ``hide``:
     paths the run must see empty (``"hidden"`` then appears in ``containment``); ``readonly``:
-    paths it must not change (``"read-only"``).
+    paths it must not change (``"read-only"``). ``disk_quota_bytes``: a run whose directory grows
+    past it is killed (crash); checked once per poll.
     """
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,6 +232,8 @@ def run_training(
                     stop = "timeout"
                 elif max_log_bytes is not None and size - start_offset > max_log_bytes:
                     stop = "log"
+                elif disk_quota_bytes is not None and dir_bytes(Path(cwd)) > disk_quota_bytes:
+                    stop = "disk"
                 if stop:
                     break
             wall = time.monotonic() - t0
@@ -230,6 +255,8 @@ def run_training(
             reason = f"still running after budget+grace ({budget_s:g}+{grace_s:g} s): killed"
         elif stop == "log":
             status, reason = RunStatus.CRASH, f"log exceeded {max_log_bytes} bytes: killed"
+        elif stop == "disk":
+            status, reason = RunStatus.CRASH, f"its directory exceeded the disk quota of {disk_quota_bytes} bytes: killed"
         elif code == 0:
             invalid = is_valid(summary)
             status, reason = (RunStatus.NO_METRIC, invalid) if invalid else (RunStatus.OK, "")
