@@ -6,7 +6,7 @@ actors fit on a small machine) and a real git repository. The one scripted part 
 command: a train.py that sleeps D seconds and prints autoresearch's summary block with
 val_bpb = 1 - GAIN + N(0, 0.002). The proposer actor proposes endless neutral edits (``KNOB``) and,
 with probability ``--win-prob``, a planted improvement (``GAIN`` += 0.01), so merges, confirmations,
-main-line re-measurements and rebases of every pending candidate happen as in a real run.
+main-line re-measurements and rebases of the pending candidates happen as in a real run.
 
 Measured per N, after the baseline phase (from the moment the baseline's runs are all in):
   throughput   D / mean cycle, a cycle being finish-to-finish of two consecutive runs on one worker
@@ -62,9 +62,9 @@ from bench.overhead_kit import (  # noqa: F401  (re-exported for tests and reade
 log = logging.getLogger("bench.farm_overhead")
 
 # controller and intake methods timed (inclusive wall seconds) when they exist: the farm's code moves
-PHASES = ("_collect", "_record", "_collect_probes", "_reap_leases", "_judge_finished", "_rebase_pending", "_dispatch",
+PHASES = ("_collect", "_record", "_collect_probes", "_reap_leases", "_judge_finished", "_rebase_pending", "_take", "_dispatch",
           "_files", "finished", "progress_line")
-INTAKE_PHASES = ("step", "_collect_proposals", "_ask", "history", "admit", "_read_inbox")
+INTAKE_PHASES = ("step", "_collect_proposals", "_ask", "history", "admit", "admit_round", "_read_inbox")
 MB = 2**20
 TRAINING_MB = 30  # a worker's training subprocess chain while it runs (sh, unshare, python), on top of its PSS
 
@@ -168,7 +168,7 @@ def measure(n: int, duration: float, rounds: int, *, win_prob: float, cpus_per_w
     repo = make_repo(root / f"target-{n}", duration)
     cfg = FarmConfig().with_overrides({
         "run.repo": str(repo), "run.tag": f"b{n}", "run.max_experiments": n * rounds,
-        "train.budget": duration, "train.grace": 60.0, "train.prepare_command": [],
+        "train.budget": duration, "train.grace": 60.0, "train.prepare_command": [], "train.trusted_eval": False,
         "train.isolate_network": isolate, "workers.count": n, "workers.gpus_per_worker": 1.0,
         "workers.cpus_per_worker": cpus_per_worker,
     })
@@ -180,7 +180,10 @@ def measure(n: int, duration: float, rounds: int, *, win_prob: float, cpus_per_w
         avail0 = psutil.virtual_memory().available
         t0 = time.time()
         workers = ray_glue.start_workers(cfg, ctx.tag, str(ctx.run_dir / "workers"))
-        stack.callback(ray_glue.kill_actors, [w.handle for w in workers])
+        if hasattr(ray_glue, "stop_workers"):  # also gives back the workers' placement group
+            stack.callback(ray_glue.stop_workers, workers)
+        else:
+            stack.callback(ray_glue.kill_actors, [w.handle for w in workers])
         out["actor_start_s"] = time.time() - t0
         proposer = ray.remote(BenchProposer).options(num_cpus=0).remote(seed, win_prob)
         stack.callback(ray_glue.kill_actors, [proposer])

@@ -1,14 +1,15 @@
 """The farm's view of the target git repository: main lines, candidate commits, rebases.
 
-The user's checkout is never touched. Every write goes through git plumbing run by GitPython
-(``repo.git``): blobs with ``hash-object -w``, trees through a *temporary* index named by
-``GIT_INDEX_FILE`` (``read-tree`` / ``update-index`` / ``write-tree``), commits with
-``commit-tree``, branches with ``update-ref`` (compare-and-swap against the old value), merges
-with ``merge-file`` on temp files, patches with ``apply --cached`` against a temp index. Nothing
-checks out, resets, stashes or writes the real index, so a user can keep editing (and staging)
-``train.py`` while a run of the farm goes on in the same repository. Commits are made as
-"autoresearch-farm" <farm@localhost> via environment variables; no git config is read or written
-for that.
+The user's checkout is never touched. Objects are read through git's persistent ``cat-file
+--batch`` process (GitPython's ``get_object_data``) and candidate commits are written straight
+into the object database as loose objects (blob, the trees on the editable file's path, commit;
+gitdb's ``LooseObjectDB``), so making a candidate starts no git process; branches move with
+``update-ref`` (compare-and-swap against the old value; ``update-ref --stdin``, one transaction,
+for a whole proposal round), merges run ``merge-file`` on temp files, patches ``apply --cached``
+against a *temporary* index named by ``GIT_INDEX_FILE``. Nothing checks out, resets, stashes or
+writes the real index, so a user can keep editing (and staging) ``train.py`` while a run of the
+farm goes on in the same repository. Commits are made as "autoresearch-farm" <farm@localhost>;
+no git config is read or written for that.
 
 Branch names (built only by :func:`main_branch` and :func:`candidate_branch`):
 
@@ -21,16 +22,19 @@ Branch names (built only by :func:`main_branch` and :func:`candidate_branch`):
 from __future__ import annotations
 
 import difflib
-
+import io
 import logging
 import os
 import re
+import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 import git
+from gitdb import IStream, LooseObjectDB
 
 from .errors import PatchError, RepoError
 
@@ -66,7 +70,7 @@ class CandidateCommit:
     sha: str
     lines_added: int
     lines_removed: int
-    diff: str  # unified diff of the editable file against the base
+    diff: str  # unified diff of the editable file against the base (made in Python, difflib)
     base: str = ""
     branch: str = ""
 
@@ -94,6 +98,8 @@ class FarmRepo:
             raise RepoError(f"{path} is not a git repository: pass the root of the repository that "
                             f"holds {editable} (or run `git init` there and commit it)") from None
         self.path = Path(self._repo.working_tree_dir or self._repo.git_dir)
+        # writes loose objects in Python (GitPython's own odb.store would start a hash-object per object)
+        self._objects = LooseObjectDB(os.path.join(self._repo.common_dir, "objects"))
         self.editable = editable
         self.frozen = tuple(frozen)
         if editable in self.frozen:
@@ -131,25 +137,75 @@ class FarmRepo:
         assert isinstance(out, str)
         return out
 
+    def _cat(self, name: str) -> tuple[str, str, bytes]:
+        """(sha, type, content) of the object ``name`` names (any revision expression), read by the
+        persistent ``cat-file --batch`` process: no git process starts."""
+        if not name or name.startswith("-") or "\n" in name:
+            raise RepoError(f"invalid revision {name!r}")
+        try:
+            sha, kind, _, data = self._repo.git.get_object_data(name)
+        except ValueError:
+            raise RepoError(f"unknown revision {name!r} in {self.path}") from None
+        return sha.decode(), kind.decode(), data
+
+    def _walk(self, treeish: str, path: str) -> tuple[list[bytes], tuple[str, str, str] | None]:
+        """The raw trees from the root of ``treeish`` (a commit or tree) down to ``path``'s folder,
+        and (mode, type, sha) of ``path`` in it, or None."""
+        _, kind, data = self._cat(treeish)
+        if kind == "commit":
+            _, kind, data = self._cat(data[5:45].decode())  # a commit starts "tree <sha>\n"
+        if kind != "tree":
+            raise RepoError(f"{treeish} is not a commit or tree")
+        trees, parts = [data], path.split("/")
+        for i, name in enumerate(parts):
+            found = _tree_entry(trees[-1], name.encode())
+            if found is None:
+                return trees, None
+            mode, sha = found
+            kind = "tree" if mode == "40000" else "commit" if mode == "160000" else "blob"
+            if i == len(parts) - 1:
+                return trees, (mode.rjust(6, "0"), kind, sha)
+            if kind != "tree":
+                return trees, None
+            trees.append(self._cat(sha)[2])
+        return trees, None
+
     def _entry(self, treeish: str, path: str) -> tuple[str, str, str] | None:
         """(mode, type, sha) of ``path`` in ``treeish``, or None."""
-        out = self._git("ls-tree", "-z", "--full-tree", treeish, "--", path)
-        for item in out.split("\0"):
-            meta, _, name = item.partition("\t")
-            if name == path:
-                mode, kind, sha = meta.split()
-                return mode, kind, sha
-        return None
+        return self._walk(treeish, path)[1]
+
+    def _write(self, kind: bytes, data: bytes) -> str:
+        """Store one object as a loose object, without a git process; its sha."""
+        return self._objects.store(IStream(kind, len(data), io.BytesIO(data))).hexsha.decode()
+
+    def _write_commit(self, trees: list[bytes], base: str, content: bytes, message: str) -> str:
+        """A commit on ``base`` whose tree is base's (``trees``, from :meth:`_walk`) with the editable
+        file's content replaced (its mode kept); written without a git process."""
+        sha = self._write(b"blob", content)
+        for data, name in zip(reversed(trees), reversed(self.editable.split("/"))):
+            sha = self._write(b"tree", _tree_replace(data, name.encode(), sha))
+        when = int(time.time())
+        offset = time.localtime(when).tm_gmtoff
+        tz = f"{'-' if offset < 0 else '+'}{abs(offset) // 3600:02d}{abs(offset) % 3600 // 60:02d}"
+        ident = lambda who: f"{FARM_IDENTITY[f'GIT_{who}_NAME']} <{FARM_IDENTITY[f'GIT_{who}_EMAIL']}> {when} {tz}"
+        body = (f"tree {sha}\nparent {base}\nauthor {ident('AUTHOR')}\ncommitter {ident('COMMITTER')}\n\n"
+                + (message if message.endswith("\n") else message + "\n"))
+        return self._write(b"commit", body.encode("utf-8"))
 
     def _require_editable(self, commit: str) -> tuple[str, str]:
-        entry = self._entry(commit, self.editable)
+        return self._editable_at(commit)[1:]
+
+    def _editable_at(self, commit: str) -> tuple[list[bytes], str, str]:
+        """(trees down to the editable file, its mode, its blob sha) at ``commit``; RepoError if it is
+        missing or not a regular file."""
+        trees, entry = self._walk(commit, self.editable)
         if entry is None:
             raise RepoError(f"{self.editable} is not in commit {commit[:12]} of {self.path}; "
                             f"commit it first (or pass the right editable file)")
         mode, kind, sha = entry
         if kind != "blob" or mode not in REGULAR_MODES:
             raise RepoError(f"{self.editable} in commit {commit[:12]} is not a regular file (mode {mode})")
-        return mode, sha
+        return trees, mode, sha
 
     def _blob(self, sha: str) -> bytes:
         return self._repo.git.get_object_data(sha)[3]
@@ -180,47 +236,44 @@ class FarmRepo:
             raise RepoError(f"{what} is not a valid git branch name ({ref!r}); use letters, digits, "
                             f"'-', '_' and '.', without spaces, '..', '~', '^', ':', '?', '*' or '['")
 
-    def _tree_with(self, base: str, blob: str, mode: str) -> str:
-        """Tree of ``base`` with the editable file replaced by ``blob``, via a temporary index."""
-        with tempfile.TemporaryDirectory(prefix="farm-index-") as d:
-            env = {"GIT_INDEX_FILE": os.path.join(d, "index")}
-            self._git("read-tree", base, env=env)
-            self._git("update-index", "--add", "--cacheinfo", f"{mode},{blob},{self.editable}", env=env)
-            return self._git("write-tree", env=env).strip()
-
     def _commit(self, base: str, content: bytes, message: str, branch: str,
                 force: bool) -> CandidateCommit:
         ref = f"refs/heads/{branch}"
-        self._check_ref(ref, f"branch {branch!r}")
-        mode, _ = self._require_editable(base)
-        with tempfile.TemporaryDirectory(prefix="farm-commit-") as d:
-            blob_file, msg_file = Path(d, "blob"), Path(d, "message")
-            blob_file.write_bytes(content)
-            msg_file.write_text(message if message.endswith("\n") else message + "\n", "utf-8")
-            blob = self._git("hash-object", "-w", "--no-filters", str(blob_file)).strip()
-            tree = self._tree_with(base, blob, mode)
-            sha = self._git("commit-tree", "--no-gpg-sign", tree, "-p", base, "-F", str(msg_file),
-                            env=FARM_IDENTITY).strip()
+        trees, _, old_blob = self._editable_at(base)
+        sha = self._write_commit(trees, base, content, message)
         status, err = self._update_ref(ref, sha, None if force else "", f"candidate {branch}")
         if status:
+            self._check_ref(ref, f"branch {branch!r}")
             if not force and self._run("rev-parse", "--verify", "--quiet", ref)[0] == 0:
                 raise RepoError(f"branch {branch} already exists; refusing to overwrite it")
             raise RepoError(f"could not write branch {branch}: {err}")
-        diff = self.diff(base, sha)
+        diff = _unified(self.editable, self._blob(old_blob), content)
         added, removed = _count(diff)
         log.debug("committed %s on %s as %s (+%d -%d)", branch, base[:12], sha[:12], added, removed)
         return CandidateCommit(sha, added, removed, diff, base, branch)
+
+    def _create_refs(self, refs: list[tuple[str, str]], reason: str) -> tuple[int, str]:
+        """Create every ``(ref, sha)`` (none may exist yet) in one ``update-ref --stdin`` transaction:
+        all or none. (status, stderr)."""
+        checked_out = self._checked_out()
+        for ref, _ in refs:
+            if ref in checked_out:
+                return 1, f"{ref} is checked out in {checked_out[ref]}"
+        proc = subprocess.run([self._repo.git.GIT_PYTHON_GIT_EXECUTABLE or "git", "update-ref", "--stdin",
+                               "-m", f"autoresearch-farm: {reason}"],
+                              cwd=self._repo.working_dir or self._repo.git_dir, capture_output=True, check=False,
+                              input="".join(f"create {ref} {sha}\n" for ref, sha in refs).encode())
+        return proc.returncode, proc.stderr.decode("utf-8", "replace").strip()
 
     # -- public API ------------------------------------------------------------------------
     def resolve(self, rev: str) -> str:
         """Full sha of the commit ``rev`` names."""
         if not rev or rev.startswith("-"):
             raise RepoError(f"invalid revision {rev!r}")
-        status, out, _ = self._run("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
-        if status:
-            raise RepoError(f"unknown revision {rev!r} in {self.path}")
-        assert isinstance(out, str)
-        return out.strip()
+        try:
+            return self._cat(f"{rev}^{{commit}}")[0]
+        except RepoError:
+            raise RepoError(f"unknown revision {rev!r} in {self.path}") from None
 
     def start_main_line(self, tag: str, start: str = "HEAD", *, resume: bool = False) -> str:
         """Create ``autoresearch/<tag>`` at ``start`` (or with ``resume``, return where it is)."""
@@ -269,6 +322,44 @@ class FarmRepo:
         if new_source == self.read_file(base, self.editable):
             raise PatchError(f"the proposed {self.editable} is identical to the base {base[:12]}")
         return self._commit(base, new_source.encode("utf-8"), message, branch, force)
+
+    def commit_candidates(self, base: str, items: list[tuple[str, str, str]]) -> list[CandidateCommit | PatchError]:
+        """Commit many candidates on one ``base`` at once: ``items`` are (new source, branch, message).
+        Reads the base once, writes every object without a git process and creates all the branches
+        in one ``update-ref --stdin`` transaction (none of them may exist yet): two git processes in
+        all. Returns, per item in order, its CandidateCommit, or the PatchError of a source identical
+        to the base. Made only of the editable file's content, these commits pass check_change by
+        construction."""
+        base = self.resolve(base)
+        trees, _, base_blob = self._editable_at(base)
+        old = self._blob(base_blob)
+        out: list[CandidateCommit | PatchError] = []
+        refs: list[tuple[str, str]] = []
+        for source, branch, message in items:
+            content = source.encode("utf-8")
+            if content == old:
+                out.append(PatchError(f"the proposed {self.editable} is identical to the base {base[:12]}"))
+                continue
+            sha = self._write_commit(trees, base, content, message)
+            diff = _unified(self.editable, old, content)
+            out.append(CandidateCommit(sha, *_count(diff), diff, base, branch))
+            refs.append((f"refs/heads/{branch}", sha))
+        if refs:
+            status, err = self._create_refs(refs, f"{len(refs)} candidate(s) on {base[:12]}")
+            if status:  # one name is bad, taken or checked out: find which, one by one
+                log.info("batched branch update failed (%s); creating the branches one by one", err)
+                for ref, sha in refs:
+                    branch = ref.removeprefix("refs/heads/")
+                    status, there, _ = self._run("rev-parse", "--verify", "--quiet", ref)
+                    if status == 0 and str(there).strip() != sha:
+                        raise RepoError(f"branch {branch} already exists; refusing to overwrite it")
+                    if status == 0:
+                        continue  # made by this call before the failure
+                    self._check_ref(ref, f"branch {branch!r}")
+                    status, err = self._update_ref(ref, sha, "", f"candidate {branch}")
+                    if status:
+                        raise RepoError(f"could not write branch {branch}: {err}")
+        return out
 
     def apply_diff(self, base: str, diff_text: str) -> str:
         """New text of the editable file after applying a unified diff to ``base``."""
@@ -354,13 +445,13 @@ class FarmRepo:
         """Re-apply a candidate's change to the editable file on top of ``new_base`` (3-way)."""
         commit, new_base = self.resolve(commit), self.resolve(new_base)
         parent = self.resolve(f"{commit}^")
-        if parent == new_base:  # already on it: nothing to rewrite
-            self._update_ref(f"refs/heads/{branch}", commit, None, f"candidate {branch}")
-            diff = self.diff(parent, commit)
-            return RebaseOutcome(RebaseStatus.REBASED, CandidateCommit(commit, *_count(diff), diff,
-                                                                       new_base, branch))
         theirs = self._blob(self._require_editable(commit)[1])
         ancestor = self._blob(self._require_editable(parent)[1])
+        if parent == new_base:  # already on it: nothing to rewrite
+            self._update_ref(f"refs/heads/{branch}", commit, None, f"candidate {branch}")
+            diff = _unified(self.editable, ancestor, theirs)
+            return RebaseOutcome(RebaseStatus.REBASED, CandidateCommit(commit, *_count(diff), diff,
+                                                                       new_base, branch))
         ours = self._blob(self._require_editable(new_base)[1])
         if theirs == ours:
             return RebaseOutcome(RebaseStatus.ALREADY_IN)
@@ -382,8 +473,7 @@ class FarmRepo:
         if merged == ours:
             return RebaseOutcome(RebaseStatus.ALREADY_IN)
         if message is None:
-            raw = self._git("cat-file", "commit", commit)
-            message = raw.partition("\n\n")[2]
+            message = self._cat(commit)[2].decode("utf-8", "replace").partition("\n\n")[2]
         if f"Rebased-From: {commit}" not in message:
             message = _add_trailer(message, "Rebased-From", commit)
         done = self._commit(new_base, merged, message, branch, force=True)
@@ -447,22 +537,28 @@ class FarmRepo:
         return "; ".join(reasons) or None
 
     def tree_files(self, commit: str, *, max_bytes: int = DEFAULT_TREE_CAP) -> dict[str, bytes]:
-        """Every regular file of ``commit`` (path -> bytes), to ship a tree to another node."""
-        out = self._git("ls-tree", "-r", "-z", "-l", "--full-tree", commit)
-        blobs, total = [], 0
-        for item in filter(None, out.split("\0")):
-            meta, _, path = item.partition("\t")
-            mode, kind, sha, size = meta.split()
-            if kind != "blob" or mode == SYMLINK_MODE:
-                log.debug("tree_files: skipping %s (mode %s, %s)", path, mode, kind)
-                continue
-            blobs.append((path, sha))
-            total += int(size)
+        """Every regular file of ``commit`` (path -> bytes), to ship a tree to another node. Read
+        through the persistent cat-file processes: no git process starts."""
+        _, kind, data = self._cat(commit)
+        if kind == "commit":
+            _, kind, data = self._cat(data[5:45].decode())
+        blobs, total, trees = [], 0, [("", data)]
+        while trees:
+            prefix, tree = trees.pop()
+            for _, nul, mode, name in _tree_entries(tree):
+                path, sha = prefix + name.decode("utf-8", "surrogateescape"), tree[nul + 1:nul + 21].hex()
+                if mode == "40000":
+                    trees.append((path + "/", self._cat(sha)[2]))
+                elif mode in REGULAR_MODES:
+                    blobs.append((path, sha))
+                    total += int(self._repo.git.get_object_header(sha)[2])
+                else:
+                    log.debug("tree_files: skipping %s (mode %s)", path, mode)
         if total > max_bytes:
             raise RepoError(f"the files of {commit[:12]} total {total / 2**20:.1f} MiB, over the "
                             f"{max_bytes / 2**20:.0f} MiB shipped to workers: trim the repository "
                             f"(move data and checkpoints out of git, e.g. into ~/.cache)")
-        return {path: self._blob(sha) for path, sha in blobs}
+        return {path: self._blob(sha) for path, sha in sorted(blobs)}
 
     def diff(self, base: str, commit: str) -> str:
         """Unified diff of the editable file from ``base`` to ``commit``."""
@@ -517,6 +613,40 @@ def merge_lines(ancestor: bytes, ours: bytes, theirs: bytes) -> bytes | None:
         out += base[pos:s] + list(r)
         pos = e
     return b"".join(out + base[pos:])
+
+
+def _tree_entries(data: bytes):
+    """(start, name end, mode, name) of every entry of a raw tree object."""
+    i = 0
+    while i < len(data):
+        sp = data.index(b" ", i)
+        nul = data.index(b"\0", sp)
+        yield i, nul, data[i:sp].decode(), data[sp + 1:nul]
+        i = nul + 21
+
+
+def _tree_entry(data: bytes, name: bytes) -> tuple[str, str] | None:
+    """(mode, sha) of ``name`` in a raw tree object, or None."""
+    for _, nul, mode, entry in _tree_entries(data):
+        if entry == name:
+            return mode, data[nul + 1:nul + 21].hex()
+    return None
+
+
+def _tree_replace(data: bytes, name: bytes, sha: str) -> bytes:
+    """A raw tree object with the sha of entry ``name`` replaced (mode and order kept)."""
+    for _, nul, _, entry in _tree_entries(data):
+        if entry == name:
+            return data[:nul + 1] + bytes.fromhex(sha) + data[nul + 21:]
+    raise RepoError(f"{name.decode()!r} is not in the tree")
+
+
+def _unified(path: str, old: bytes, new: bytes) -> str:
+    """Unified diff (3 lines of context) of one file's two versions, git's a/ b/ prefixes."""
+    a = old.decode("utf-8", "replace").splitlines(keepends=True)
+    b = new.decode("utf-8", "replace").splitlines(keepends=True)
+    lines = difflib.unified_diff(a, b, f"a/{path}", f"b/{path}")
+    return "".join(ln if ln.endswith("\n") else ln + "\n\\ No newline at end of file\n" for ln in lines)
 
 
 def _count(diff: str) -> tuple[int, int]:

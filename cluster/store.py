@@ -168,8 +168,21 @@ if redis.call('HGET', KEYS[1], 'state') ~= '"queued"' then return 0 end
 redis.call('LREM', KEYS[2], 0, ARGV[1])
 redis.call('HSET', KEYS[1], 'state', '"removed"') return 1"""
 
+# KEYS: running, job:<id>. ARGV: id, attempt, field, json, ... -> 1 set, 0 fenced (not running / stale).
+_RETARGET = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+if redis.call('HGET', KEYS[2], 'attempt') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[2], unpack(ARGV, 3)) return 1"""
+# KEYS: running, job:<id>. ARGV: id, attempt -> 1 dropped (state removed), 0 fenced (not running / stale).
+_DROP = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+if redis.call('HGET', KEYS[2], 'attempt') ~= ARGV[2] then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], 'state', '"removed"', 'lease_deadline', 'null') return 1"""
+
 _SCRIPTS = {"hset_if": _HSET_IF, "add_cand": _ADD_CAND, "transition": _TRANSITION, "enqueue": _ENQUEUE,
-            "dispatch": _DISPATCH, "renew": _RENEW, "record": _RECORD, "requeue": _REQUEUE, "remove": _REMOVE}
+            "dispatch": _DISPATCH, "renew": _RENEW, "record": _RECORD, "requeue": _REQUEUE, "remove": _REMOVE,
+            "retarget": _RETARGET, "drop": _DROP}
 
 
 def _json(v: Any) -> str:
@@ -235,10 +248,15 @@ class Store:
         return f"{kind}{self.r.incr(self.key('seq', kind)):0{width}d}"
 
     # -- candidates ----------------------------------------------------------------------------
-    def add_candidate(self, c: Candidate) -> None:
+    def add_candidate(self, c: Candidate, pipeline: redis.client.Pipeline | None = None) -> None:
+        """Store a new candidate. With ``pipeline``, only queue the script call on it; it then
+        answers 0 instead of raising when the id is taken."""
         d = c.to_dict()
         d["state"] = st = _state(c.state)
         keys = [self.key("cand", c.id), self.key("cands"), self.key("cands", "seq"), self.key("cands", "state", st)]
+        if pipeline is not None:
+            self._s["add_cand"](keys=keys, args=[c.id, *_flat(d)], client=pipeline)
+            return
         if not self._s["add_cand"](keys=keys, args=[c.id, *_flat(d)]):
             raise StoreError(f"candidate {c.id} already exists; take a fresh id from next_id('c')")
 
@@ -258,6 +276,33 @@ class Store:
                 pipe.zrange(self.key("cands", "state", s), 0, -1, withscores=True)
             ids = [i for i, _ in sorted((p for part in pipe.execute() for p in part), key=lambda p: p[1])]
         return [Candidate.from_dict(d) for d in self._load("cand", ids)]
+
+    def candidates_after(self, seq: float) -> tuple[list[Candidate], float]:
+        """Candidates created after creation sequence ``seq`` (0: all), in creation order, and the
+        sequence of the last one (``seq`` if none): read a run's candidates incrementally."""
+        pairs = self.r.zrangebyscore(self.key("cands"), f"({seq!r}", "+inf", withscores=True)
+        return self.get_candidates([i for i, _ in pairs]), (pairs[-1][1] if pairs else seq)
+
+    def get_candidates(self, ids: Iterable[str]) -> list[Candidate]:
+        """The candidates ``ids`` (in that order; missing ones left out), in one round trip."""
+        return [Candidate.from_dict(d) for d in self._load("cand", ids)]
+
+    def ids_by_state(self, states: Iterable[str | State]) -> dict[str, list[str]]:
+        """The ids of the candidates in each of ``states`` (creation order), in one round trip."""
+        names = sorted({_state(s) for s in states})
+        pipe = self.r.pipeline(transaction=False)
+        for s in names:
+            pipe.zrange(self.key("cands", "state", s), 0, -1)
+        return dict(zip(names, pipe.execute()))
+
+    def next_ids(self, kind: str, n: int, width: int = 4) -> list[str]:
+        """``n`` fresh ids at once (one INCRBY), as next_id() would give them one by one."""
+        if not _NAME.match(kind):
+            raise StoreError(f"bad id kind {kind!r}: use letters, digits, '.', '_' or '-'")
+        if n <= 0:
+            return []
+        last = self.r.incrby(self.key("seq", kind), n)
+        return [f"{kind}{i:0{width}d}" for i in range(last - n + 1, last + 1)]
 
     def count_by_state(self) -> dict[str, int]:
         pipe = self.r.pipeline(transaction=False)
@@ -362,6 +407,17 @@ class Store:
         """requeue() every running job; returns (job id, outcome) pairs. Earliest lease ends up first."""
         jobs = self.running_jobs()
         return [(j.id, self.requeue(j.id, j.attempt, reason, max_lost, count_lost=count_lost)) for j in reversed(jobs)]
+
+    def retarget(self, job_id: str, attempt: int, commit: str) -> bool:
+        """Point a running attempt at another commit (its candidate was rebased as it was taken);
+        False if that attempt is not running (fenced)."""
+        keys = [self.key("running"), self.key("job", job_id)]
+        return self._s["retarget"](keys=keys, args=[job_id, int(attempt), *_flat({"commit": commit})]) == 1
+
+    def drop(self, job_id: str, attempt: int) -> bool:
+        """Take a running attempt off the lease list without a result (state ``removed``: its
+        candidate went stale as it was taken); False if that attempt is not running (fenced)."""
+        return self._s["drop"](keys=[self.key("running"), self.key("job", job_id)], args=[job_id, int(attempt)]) == 1
 
     def remove_from_queue(self, job_id: str) -> bool:
         return self._s["remove"](keys=[self.key("job", job_id), self.key("queue")], args=[job_id]) == 1

@@ -132,7 +132,8 @@ def test_commit_candidate(farm: FarmRepo, target: Path):
     assert farm.read_file(cand.sha, "train.py") == new
     assert (cand.lines_added, cand.lines_removed) == (2, 1)
     assert "-line 5\n+LR = 0.02\n" in cand.diff and "+++ b/train.py" in cand.diff
-    assert farm.diff(base, cand.sha) == cand.diff
+    changed = lambda d: [ln for ln in d.splitlines() if ln.startswith(("+", "-"))]
+    assert changed(farm.diff(base, cand.sha)) == changed(cand.diff), "the same change as git's diff"
     assert farm.check_change(base, cand.sha) is None
     assert git(target, "cat-file", "commit", cand.sha).split("\n\n", 1)[1] == message
     assert "autoresearch-farm <farm@localhost>" in git(target, "cat-file", "commit", cand.sha)
@@ -431,3 +432,75 @@ def test_works_without_git_config(target: Path, tmp_path: Path, monkeypatch: pyt
                          capture_output=True, text=True).stdout
     assert "author autoresearch-farm <farm@localhost>" in raw
     assert "committer autoresearch-farm <farm@localhost>" in raw
+
+
+# -- git processes per proposal round and per rebase ----------------------------------------------
+@pytest.fixture
+def count_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Counts the git processes started from now on (a `git` first on PATH that logs, then runs git)."""
+    real = subprocess.run(["sh", "-c", "command -v git"], capture_output=True, text=True, check=True).stdout.strip()
+    bindir, log = tmp_path / "count-bin", tmp_path / "git-calls.log"
+    bindir.mkdir()
+    (bindir / "git").write_text(f'#!/bin/sh\necho "$1" >> {log}\nexec {real} "$@"\n')
+    (bindir / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+
+    def calls() -> list[str]:
+        out = log.read_text().split() if log.exists() else []
+        log.unlink(missing_ok=True)
+        return out
+    return calls
+
+
+def test_commit_candidates_makes_a_round_with_two_git_processes(farm: FarmRepo, target: Path, count_git):
+    base = farm.start_main_line("t")
+    farm.tree_files(base)  # (GitPython's persistent cat-file processes start once, here)
+    for first, size in ((1, 2), (3, 8)):
+        count_git()
+        items = [(replace_line(TRAIN, n, f"CHANGE {n}"), candidate_branch("t", f"c{n:04d}"),
+                  f"change {n}\n\nFarm-Candidate: c{n:04d}\nFarm-Origin: test\n") for n in range(first, first + size)]
+        made = farm.commit_candidates(base, items)
+        assert sorted(count_git()) == ["update-ref", "worktree"], f"git processes for a round of {size}"
+        for (source, branch, message), cand in zip(items, made):
+            assert git(target, "rev-parse", branch).strip() == cand.sha
+            assert git(target, "rev-parse", f"{cand.sha}^").strip() == base
+            assert farm.read_file(cand.sha, "train.py") == source and farm.check_change(base, cand.sha) is None
+            assert git(target, "cat-file", "commit", cand.sha).split("\n\n", 1)[1] == message
+            assert (cand.lines_added, cand.lines_removed) == (1, 1) and cand.base == base
+    count_git()
+    assert farm.tree_files(made[0].sha)["train.py"] == items[0][0].encode()
+    farm.rebase_candidate(made[0].sha, base, items[0][1])  # already on it: the branch is set again
+    assert sorted(count_git()) == ["update-ref", "worktree"], "reading a tree to ship it starts no git process"
+    assert git(target, "log", "-1", "--format=%an <%ae>|%cn <%ce>", made[0].sha).strip() == \
+        "autoresearch-farm <farm@localhost>|autoresearch-farm <farm@localhost>"
+    assert git(target, "fsck", "--no-progress", "--strict").strip() == ""
+
+
+def test_commit_candidates_refuses_identical_sources_and_taken_branches(farm: FarmRepo, target: Path):
+    base = farm.start_main_line("t")
+    taken = farm.commit_candidate(base, TRAIN + "a\n", candidate_branch("t", "c0001"), "a")
+    made = farm.commit_candidates(base, [(TRAIN, "candidates/t/c0002", "same"), (TRAIN + "b\n", "candidates/t/c0003", "b")])
+    assert isinstance(made[0], PatchError) and "identical" in str(made[0])
+    assert git(target, "rev-parse", "candidates/t/c0003").strip() == made[1].sha
+    with pytest.raises(RepoError, match="already exists"):
+        farm.commit_candidates(base, [(TRAIN + "c\n", "candidates/t/c0004", "c"), (TRAIN + "d\n", "candidates/t/c0001", "d")])
+    assert git(target, "rev-parse", "candidates/t/c0001").strip() == taken.sha, "never overwritten"
+    with pytest.raises(RepoError, match="not a valid git branch name"):
+        farm.commit_candidates(base, [(TRAIN + "e\n", "candidates/t/bad..name", "e")])
+
+
+def test_a_round_and_a_rebase_leave_the_user_checkout_alone(farm: FarmRepo, target: Path, count_git):
+    (target / "train.py").write_text(TRAIN + "# my uncommitted experiment\n")
+    git(target, "add", "README.md")
+    before = snapshot(target)
+    base = farm.start_main_line("t")
+    win, a, b = farm.commit_candidates(base, [
+        (replace_line(TRAIN, 2, "WIN"), candidate_branch("t", "c0001"), "win"),
+        (replace_line(TRAIN, 20, "A"), candidate_branch("t", "c0002"), "a"),
+        (replace_line(TRAIN, 2, "CLASH"), candidate_branch("t", "c0003"), "clash")])
+    assert farm.advance_main_line("t", base, win.sha)
+    count_git()
+    out = farm.rebase_candidate(a.sha, win.sha, candidate_branch("t", "c0002"))
+    assert out.status is RebaseStatus.REBASED and len(count_git()) <= 3, "merge-file, worktree, update-ref"
+    assert farm.rebase_candidate(b.sha, win.sha, candidate_branch("t", "c0003")).status is RebaseStatus.CONFLICT
+    assert snapshot(target) == before

@@ -295,3 +295,16 @@ def test_events(store):
     assert ev[0]["at"] == pytest.approx(time.time(), abs=60)
     assert [e["data"]["job"] for e in store.events(count=10, after=ids[1])] == ["j2", "j3", "j4"]
     assert store.events(after=ids[-1]) == []
+
+
+def test_retarget_and_drop_are_fenced_by_the_attempt(store):
+    jobs(store, 2)
+    j1 = store.dispatch("w", 10)
+    assert store.retarget("j1", j1.attempt + 1, "other") is False, "a stale attempt changes nothing"
+    assert store.retarget("j1", j1.attempt, "rebased") is True and store.get_job("j1").commit == "rebased"
+    assert store.retarget("j2", 1, "x") is False and store.drop("j2", 0) is False, "j2 is queued, not running"
+    assert store.drop("j1", j1.attempt + 1) is False
+    assert store.drop("j1", j1.attempt) is True and store.drop("j1", j1.attempt) is False
+    assert store.job_state("j1") == "removed" and store.running_jobs() == []
+    assert store.record_result(result(j1)) is False, "a dropped attempt's result is refused"
+    assert [j.id for j in store.queued_jobs()] == ["j2"]

@@ -1,0 +1,225 @@
+"""The controller's cost per experiment, on real parts without Ray: a real redis-server and a real git
+repository, worker slots whose `run.remote` only records the call. These tests pin down that the
+loop's Redis commands per result do not grow with the number of workers, that a merge leaves the
+queue alone until a worker takes a candidate, and that the in-memory job counts survive a resume."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from cluster import judge as judge_policy
+from cluster.controller import Controller
+from cluster.model import Purpose, Result, State
+from cluster.redis_server import EmbeddedRedis, connect
+from cluster.repo import FarmRepo
+from cluster.store import Store
+from proposer.base import Proposal
+from tests.farmkit import farm_config, git, make_repo, set_constants
+
+
+@pytest.fixture(scope="module")
+def redis_client(tmp_path_factory):
+    server = EmbeddedRedis(tmp_path_factory.mktemp("cp-redis"))
+    try:
+        r = connect(server.start(), retry_seconds=5)
+        yield r
+        r.close()
+    finally:
+        server.stop()
+
+
+class FakeHandle:
+    """A worker actor's handle: `run.remote` and `cancel.remote` remember the call and return a token."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.run = SimpleNamespace(remote=lambda *a: self.calls.append(a) or ("ref", len(self.calls)))
+        self.cancel = SimpleNamespace(remote=lambda *a: None)
+
+
+def controller(tmp_path, redis_client, n: int, *, resume: bool = False, name: str = "target") -> Controller:
+    repo_path = tmp_path / name
+    if not repo_path.exists():
+        make_repo(repo_path)
+        redis_client.flushall()
+    cfg = farm_config(repo_path, **{"workers.count": n})
+    store = Store(redis_client, "t1")
+    if not resume:
+        store.create_run({"tag": "t1", "status": "running"})
+    slots = [SimpleNamespace(name=f"w{i}", handle=FakeHandle(), info={}) for i in range(n)]
+    ctrl = Controller(cfg, "t1", store, FarmRepo(repo_path), slots, proposer=None, run_dir=tmp_path / f"run-{name}",
+                      report=lambda line: None)
+    ctrl._files = lambda commit: (None, "digest")  # no ray.put: nothing is shipped in these tests
+    ctrl.start(resume)
+    return ctrl
+
+
+def proposals(ctrl: Controller, changes: list[dict[str, str]]) -> list[Proposal]:
+    src = ctrl.repo.read_file(ctrl.store.run_meta()["main"], "train.py")
+    return [Proposal(f"edit {i}: {c}", set_constants(src, c), "human", {}) for i, c in enumerate(changes)]
+
+
+def finish(ctrl: Controller, name: str, val_bpb: float = 1.0) -> None:
+    """The worker `name` reports its run done; the controller records it."""
+    job = ctrl.inflight.pop(name).job
+    now = time.time()
+    r = Result(job=job.id, cand=job.cand, commit=job.commit, attempt=job.attempt, status="ok", val_bpb=val_bpb,
+               worker=name, started_at=now - 1, finished_at=now, purpose=job.purpose)
+    ctrl._record(name, job, {"result": r.to_dict(), "log": ""})
+
+
+def commands(ctrl: Controller) -> int:
+    return ctrl.store.r.info("stats")["total_commands_processed"]
+
+
+def cost_of_one_result(tmp_path, redis_client, n: int) -> tuple[int, int]:
+    """Redis commands the controller spends on recording one result and judging after it, with n
+    workers busy and n candidates queued."""
+    ctrl = controller(tmp_path, redis_client, n, name=f"target-{n}")
+    for p in proposals(ctrl, [{"UNUSED": str(100 + i)} for i in range(2 * n)]):
+        ctrl.intake.admit(p)
+    ctrl._dispatch()
+    assert len(ctrl.inflight) == n and ctrl.store.queue_depth() == n + 3
+    first, measure = [name for name, f in ctrl.inflight.items() if f.job.purpose == Purpose.MEASURE.value][:2]
+    finish(ctrl, first)  # (the first use of a script on a server costs a NOSCRIPT round trip)
+    cand = ctrl.inflight[measure].job.cand
+    before = commands(ctrl)
+    finish(ctrl, measure)
+    recorded = commands(ctrl) - before - 1  # - the INFO itself
+    before = commands(ctrl)
+    ctrl._judge_finished()
+    judged = commands(ctrl) - before - 1
+    assert ctrl.store.get_candidate(cand).state == State.FINISHED.value, "judged once the baseline is in"
+    return recorded, judged
+
+
+def test_redis_commands_per_result_do_not_grow_with_the_number_of_workers(tmp_path, redis_client):
+    small = cost_of_one_result(tmp_path, redis_client, 6)
+    large = cost_of_one_result(tmp_path, redis_client, 48)
+    assert large == small, f"commands (record, judge) per result: {small} at N=6, {large} at N=48"
+    assert small[0] < 20, small  # two scripts (record, transition), an event and a read, counted inside Lua too
+
+
+def test_open_job_counts_follow_the_loop_and_are_rebuilt_on_resume(tmp_path, redis_client):
+    ctrl = controller(tmp_path, redis_client, 3)
+    ctrl.intake.admit_round(proposals(ctrl, [{"UNUSED": "41"}, {"UNUSED": "42"}]))
+    ctrl._dispatch()
+    finish(ctrl, "w0")
+    lost = ctrl.inflight["w1"].job
+    ctrl._lost(lost, "test: worker gone")  # back to the queue: still open
+    store = ctrl.store
+    truth = {j.id: (j.cand, j.commit) for j in store.queued_jobs() + store.running_jobs()}
+    assert ctrl._open == truth and sum(ctrl._open_by_cand.values()) == len(truth) == 4
+    again = controller(tmp_path, redis_client, 3, resume=True)  # re-queues the running ones
+    assert again._open == truth
+    assert again._open_by_cand == ctrl._open_by_cand and again._open_by_commit == ctrl._open_by_commit
+
+
+def test_a_merge_leaves_the_queue_alone_and_a_taken_candidate_is_rebased_onto_the_main_line(tmp_path, redis_client):
+    ctrl = controller(tmp_path, redis_client, 1)
+    repo, store, old_main = ctrl.repo, ctrl.store, ctrl.main
+    ctrl.intake.admit_round(proposals(ctrl, [{"BONUS": "0.05"}, {"UNUSED": "2"}, {"BONUS": "0.01"},
+                                             {"UNUSED": "3"}]))
+    win, a, clash, b = [store.get_candidate(f"c{i:04d}") for i in range(2, 6)]
+    win_job = next(j for j in store.queued_jobs() if j.cand == win.id)
+    assert store.remove_from_queue(win_job.id)
+    ctrl._closed(win_job.id)
+    store.transition(win.id, {State.QUEUED.value}, State.FINISHED.value)
+    branches = repo.branches("candidates/t1")
+
+    ctrl._apply(store.get_candidate(win.id), judge_policy.Decision("merge", "planted"), ctrl.line())
+
+    assert repo.main_line("t1") == ctrl.main == store.run_meta()["main"] == win.commit
+    assert repo.branches("candidates/t1") == branches, "no candidate was rebased by the merge itself"
+    assert [store.get_candidate(c.id).base for c in (a, clash, b)] == [old_main] * 3
+    taken = [ctrl._take("w0") for _ in range(4)]
+    assert [j.purpose for j in taken] == ["baseline"] * 3 + ["measure"]
+    job, now = taken[3], store.get_candidate(a.id)
+    assert job.cand == a.id and job.commit == now.commit != a.commit
+    assert now.base == win.commit and git(repo.path, "rev-parse", f"{job.commit}^").strip() == win.commit
+    assert store.get_job(job.id).commit == job.commit, "the job's record names the rebased commit"
+    assert now.meta["rebased_from"] == a.commit and ctrl._open[job.id] == (a.id, job.commit)
+    assert repo.read_file(job.commit, "train.py") == set_constants(repo.read_file(win.commit, "train.py"),
+                                                                   {"UNUSED": "2"})
+    assert [store.get_candidate(c.id).base for c in (clash, b)] == [old_main] * 2, "only the taken one moved"
+    clash_job = next(j for j in store.queued_jobs() if j.cand == clash.id)
+    nxt = ctrl._take("w0")  # the clash goes stale as it is taken; the worker gets the next one
+    assert store.get_candidate(clash.id).state == State.STALE.value
+    assert store.job_state(clash_job.id) == "removed" and clash_job.id not in ctrl._open
+    assert nxt.cand == b.id and store.get_candidate(b.id).base == win.commit
+    assert ctrl._take("w0") is None and store.running_jobs() and not store.queued_jobs()
+
+
+def reference_history(ctrl: Controller, main: str):
+    """The proposer's history computed from scratch, from every candidate in the store."""
+    from proposer.base import Outcome
+
+    cands, outcomes = ctrl.store.candidates(), []
+    for cand in cands:
+        if cand.origin == "baseline" or not cand.decision or cand.state not in ("merged", "discarded"):
+            continue
+        runs = [r for r in ctrl.measured(cand.commit) if r.cand == cand.id]
+        status = "ok" if any(r.status == "ok" for r in runs) else (runs[-1].status if runs else cand.state)
+        tail = next((r.log_tail for r in reversed(runs) if r.status != "ok"), "")
+        outcomes.append(Outcome(meta=dict(cand.meta, description=cand.description, candidate=cand.id, log_tail=tail),
+                                status=status, delta=(cand.decision.get("numbers") or {}).get("delta"),
+                                merged=cand.state == "merged"))
+    tried = {x.meta.get("fingerprint") for x in cands if x.base == main and x.meta.get("fingerprint")}
+    pending = [x.description for x in cands if x.state in ("queued", "running", "finished")]
+    return tried, outcomes, pending
+
+
+def hgetalls(ctrl: Controller) -> int:
+    return ctrl.store.r.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0)
+
+
+def test_the_proposers_history_is_incremental_and_equals_a_full_read(tmp_path, redis_client):
+    ctrl = controller(tmp_path, redis_client, 4)
+
+    def check():
+        h = ctrl.intake.history(ctrl.main)
+        assert (h.tried, h.outcomes, h.pending_descriptions) == reference_history(ctrl, ctrl.main)
+        return h
+
+    bad = Proposal("broken", "def (:\n", "human", {})
+    check()
+    ctrl.intake.admit_round(proposals(ctrl, [{"UNUSED": str(200 + i)} for i in range(6)] + [{"BONUS": "0.05"}])
+                            + [bad])
+    check()
+    for _ in range(2):  # the baseline's three runs and five candidates' first
+        ctrl._dispatch()
+        for name in list(ctrl.inflight):
+            finish(ctrl, name, 1.0)
+        ctrl._judge_finished()
+        check()
+    win = next(c for c in ctrl.store.candidates() if "BONUS" in c.description)
+    assert ctrl.store.get_candidate(win.id).state in ("queued", "running", "finished")
+    for state in ("queued", "running"):
+        ctrl.store.transition(win.id, {state}, "finished")
+    ctrl._apply(ctrl.store.get_candidate(win.id), judge_policy.Decision("merge", "planted"), ctrl.line())
+    check()
+    ctrl._dispatch()  # the next ones are rebased onto the new main line as they are taken
+    h = check()
+    assert h.outcomes and h.pending_descriptions and h.tried
+    before = hgetalls(ctrl)
+    check_again = ctrl.intake.history(ctrl.main)
+    assert hgetalls(ctrl) - before <= 2, "nothing changed: the run record only (and INFO's own count)"
+    assert check_again.outcomes == h.outcomes
+
+
+def test_no_state_counts_are_read_once_the_experiment_budget_is_spent(tmp_path, redis_client):
+    ctrl = controller(tmp_path, redis_client, 4)
+    ctrl.cfg = ctrl.cfg.with_overrides({"run.max_experiments": 2})
+    ctrl.intake.admit_round(proposals(ctrl, [{"UNUSED": "51"}, {"UNUSED": "52"}]))
+    ctrl._dispatch()
+    assert ctrl.store.queue_depth() < len(ctrl.workers), "the queue has room for more"
+    zcard = lambda: ctrl.store.r.info("commandstats").get("cmdstat_zcard", {}).get("calls", 0)
+    ctrl.intake._ask()  # the queue has room, the budget none: counted once, then remembered
+    assert ctrl.intake.proposal_ref is None
+    before = zcard()
+    for _ in range(5):
+        ctrl.intake._ask()
+    assert zcard() == before
