@@ -13,7 +13,12 @@ One step:
   2. re-queue jobs whose lease expired (a hung or stopped worker);
   3. judge finished candidates once the main line's own measurements are in;
   4. keep the queue at one pending candidate per worker plus a margin (ask the proposer);
-  5. hand the next job to every idle worker.
+  5. hand the next job to every idle worker; a queued candidate proposed on an older main line is
+     rebased onto the current one as a worker takes it (a merge itself rebases nothing).
+
+The loop's cost per experiment does not grow with the number of workers: open jobs are counted
+in memory (rebuilt from Redis on start and resume), a proposal round's git work is batched
+(Intake.admit_round), and the proposer's history and the progress line are read incrementally.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -45,6 +51,7 @@ POLL_S = 0.2
 REPORT_S = 10.0  # seconds between progress lines
 GAUGES_S = 2.0  # seconds between refreshes of the metric gauges
 CANCEL_WAIT_S = 30.0  # a cancelled run needs a moment to kill its tree and remove its cgroup
+LEASES_S = 1.0  # seconds between scans for expired leases (leases last minutes)
 
 
 @dataclass
@@ -76,7 +83,7 @@ class Controller:
             baseline_runs=cfg.judge.baseline_runs, confirm=cfg.judge.confirm, noise_k=cfg.judge.noise_k,
             default_noise=cfg.judge.default_noise, min_noise=cfg.judge.min_noise,
             bpb_per_line=cfg.judge.bpb_per_line, simplify_merges=cfg.judge.simplify_merges,
-            max_vram_mb=cfg.judge.max_vram_mb or None,
+            max_vram_mb=cfg.judge.max_vram_mb or None, max_overtime=cfg.judge.max_overtime,
         )
         self.inflight: dict[str, InFlight] = {}
         self.restarting: dict[str, Any] = {}  # worker -> pending probe of a worker Ray is restarting
@@ -90,12 +97,21 @@ class Controller:
         # the runner kills a run at budget + grace itself, so a healthy worker always answers in time
         self.lease_s = cfg.train.budget + cfg.train.grace + cfg.workers.lease_slack
         self._file_refs: dict[str, tuple[Any, str]] = {}  # commit -> (object ref of its files, harness digest)
-        self._last_report = self._last_gauges = 0.0
+        self._last_report = self._last_gauges = self._last_leases = 0.0
         # the controller is the only writer of results: index them in memory, loaded once
         self._by_commit: dict[str, list[Result]] = {}
         for r in store.results():
             self._by_commit.setdefault(r.commit, []).append(r)
         self._dirty = True  # something the judge should look at changed
+        # the controller is also the only writer of jobs: the open (queued or running) ones are
+        # counted in memory, per candidate and per commit, instead of scanning Redis each step
+        self._open: dict[str, tuple[str, str]] = {}  # job id -> (candidate, commit)
+        self._open_by_cand: Counter[str] = Counter()
+        self._open_by_commit: Counter[str] = Counter()
+        self._bases: dict[str, str] = {}  # candidate with open jobs -> its base, as last written
+        self._rebuild_open()
+        self.main: str = (store.run_meta() or {}).get("main", "")  # the main line's sha, kept with run meta
+        self._baseline_judged = False
 
     # ------------------------------------------------------------------ start and resume
 
@@ -109,6 +125,7 @@ class Controller:
                     self._fail_candidate(cand, "lost with its worker too many times")
                 else:
                     self.store.transition(cand, {State.RUNNING.value}, State.QUEUED.value)
+            self._rebuild_open()
             self.report(f"resumed run {self.tag}: main line {meta['main'][:8]}, {len(requeued)} running job(s) re-queued")
             return
         main = self.repo.start_main_line(self.tag)
@@ -118,6 +135,7 @@ class Controller:
         for _ in range(self.cfg.judge.baseline_runs):
             self._enqueue(base, Purpose.BASELINE)
         self.store.update_run(main=main, baseline=main, baseline_cand=base.id)
+        self.main = main
         self.report(f"run {self.tag}: main line autoresearch/{self.tag} at {main[:8]}; "
                     f"measuring the baseline {self.cfg.judge.baseline_runs}x on {len(self.workers)} worker(s)")
 
@@ -153,6 +171,8 @@ class Controller:
             self._last_gauges = now
 
     def finished(self) -> str | None:
+        if self.inflight:
+            return None  # both endings below need every worker idle: no need to ask Redis
         counts = self.store.count_by_state()
         pending = sum(counts.get(s, 0) for s in PENDING) + counts.get(State.FINISHED.value, 0)
         limit = self.cfg.run.max_experiments
@@ -194,6 +214,9 @@ class Controller:
                 self._lost(flight.job, f"worker {name} failed: {type(e).__name__}: {str(e)[:300]}")
                 self._probe(name)  # Ray restarts it; no work goes to it until it answers
                 continue
+            if out.get("lost"):  # its training process was killed from outside: not the candidate's result
+                self._lost(flight.job, out["lost"])
+                continue
             self._record(name, flight.job, out)
 
     def _record(self, worker: str, job: Job, out: dict[str, Any]) -> None:
@@ -209,11 +232,12 @@ class Controller:
             self.report(f"refused a late result of {job.cand} (job {job.id} attempt {job.attempt}) from {worker}")
             return
         self._by_commit.setdefault(result.commit, []).append(result)
+        self._closed(job.id)
         self._dirty = True
         self.metrics.result(result.status)
         self.store.add_event("result", cand=job.cand, job=job.id, status=result.status, val_bpb=result.val_bpb,
                              worker=worker)
-        if not self._open_jobs(job.cand):
+        if not self._open_by_cand[job.cand]:
             self.store.transition(job.cand, {State.RUNNING.value, State.QUEUED.value}, State.FINISHED.value)
         bpb = f"{result.val_bpb:.6f}" if result.val_bpb is not None else result.status
         cand = self.store.get_candidate(job.cand)
@@ -245,6 +269,7 @@ class Controller:
         outcome = self.store.requeue(job.id, job.attempt, reason, self.cfg.workers.max_lost)
         self.store.add_event("lost", job=job.id, cand=job.cand, reason=reason, outcome=outcome)
         if outcome == "failed":
+            self._closed(job.id)
             self._fail_candidate(job.cand, f"{reason}; lost {self.cfg.workers.max_lost} times")
         elif outcome == "requeued":
             self.report(f"{job.cand}: {reason}; re-queued")
@@ -285,6 +310,9 @@ class Controller:
         slot waits one more lease for the call to come back (a late result is refused by the
         attempt fence), then the worker is restarted."""
         now = time.time()
+        if now - self._last_leases < LEASES_S:
+            return
+        self._last_leases = now
         for job in self.store.expired(now):
             self._lost(job, f"lease expired on {job.worker}")
             flight = self.inflight.get(job.worker or "")
@@ -296,17 +324,43 @@ class Controller:
                 self.report(f"{name} is still silent; restarting it")
                 ray.kill(self.workers[name].handle, no_restart=False)
 
-    def _open_jobs(self, cid: str) -> int:
-        return sum(1 for j in self.store.queued_jobs() + self.store.running_jobs() if j.cand == cid)
+    # ------------------------------------------------------------------ open jobs, counted in memory
+
+    def _rebuild_open(self) -> None:
+        """Count the open jobs from the store (on start and resume; the loop keeps the counts after)."""
+        self._open.clear()
+        self._open_by_cand.clear()
+        self._open_by_commit.clear()
+        for job in self.store.queued_jobs() + self.store.running_jobs():
+            self._opened(job)
+        self._bases = {c.id: c.base for c in self.store.get_candidates(sorted(self._open_by_cand))}
+
+    def _opened(self, job: Job) -> None:
+        if job.id in self._open:
+            self._closed(job.id)
+        self._open[job.id] = (job.cand, job.commit)
+        self._open_by_cand[job.cand] += 1
+        self._open_by_commit[job.commit] += 1
+
+    def _closed(self, job_id: str) -> None:
+        """The job is done, failed or removed: no longer open."""
+        found = self._open.pop(job_id, None)
+        if found is None:
+            return
+        for counter, key in zip((self._open_by_cand, self._open_by_commit), found):
+            counter[key] -= 1
+            if counter[key] <= 0:
+                del counter[key]
+        if found[0] not in self._open_by_cand:
+            self._bases.pop(found[0], None)
 
     # ------------------------------------------------------------------ judging
 
     def line(self) -> judge_policy.Line:
-        main = self.store.run_meta()["main"]
-        return judge_policy.Line(commit=main, results=list(self.measured(main)))
+        return judge_policy.Line(commit=self.main, results=list(self.measured(self.main)))
 
     def _line_measuring(self, main: str) -> bool:
-        return any(j.commit == main for j in self.store.queued_jobs() + self.store.running_jobs())
+        return self._open_by_commit[main] > 0
 
     def _judge_finished(self) -> None:
         if not self._dirty:
@@ -349,8 +403,10 @@ class Controller:
                 return
             self.store.transition(cand.id, {State.FINISHED.value}, State.MERGED.value, decision=decision)
             self.store.update_run(main=cand.commit)
+            self.main = cand.commit
             self.report(f"MERGED {cand.id}: {cand.description} | {d.reason}")
-            self._rebase_pending(cand.commit)
+            # the queued candidates move onto the new main line one by one, as workers take them
+            # (_take): no stall here, however long the queue
         elif d.action == "confirm":
             self.store.transition(cand.id, {State.FINISHED.value}, State.QUEUED.value, decision=decision)
             self._enqueue(cand, Purpose.CONFIRM, front=True)
@@ -393,28 +449,59 @@ class Controller:
         self.store.transition(cand.id, {src_state}, State.QUEUED.value, commit=new.sha, base=new_base, meta=meta,
                               lines_added=new.lines_added, lines_removed=new.lines_removed,
                               **({"decision": decision} if decision else {}))
+        self.intake.moved(cand.id)
+        self._bases[cand.id] = new_base
         if retest:
             self._enqueue(Candidate.from_dict(cand.to_dict() | {"commit": new.sha}), Purpose.MEASURE)
             self.report(f"{cand.id} beat its base; re-testing it on the new main line")
 
-    def _rebase_pending(self, new_main: str) -> None:
-        """Queued candidates move onto the new main line before any worker measures them."""
-        for job in self.store.queued_jobs():
+    def _take(self, worker: str) -> Job | None:
+        """Lease the next job to ``worker``. A queued candidate proposed on an older main line is
+        first moved onto the current one (so no worker measures it on a stale base), or goes stale
+        (its job is dropped and the next one taken) if its change conflicts or is already in."""
+        while True:
+            job = self.store.dispatch(worker, self.lease_s)
+            if job is None or job.purpose != Purpose.MEASURE.value:
+                return job
+            if self._bases.get(job.cand) == self.main:
+                return job  # (known without reading the candidate: the common case)
             cand = self.store.get_candidate(job.cand)
-            if cand.state != State.QUEUED.value or cand.base == new_main or job.purpose != Purpose.MEASURE.value:
-                continue
-            if not self.store.remove_from_queue(job.id):
-                continue  # a worker took it meanwhile: it is judged against its old base
-            self._rebase(cand, new_main, None, retest=False)
-            cand = self.store.get_candidate(cand.id)
-            if cand.state == State.QUEUED.value:
-                self._enqueue(cand, Purpose.MEASURE)
+            self._bases[cand.id] = cand.base
+            if cand.state != State.QUEUED.value or cand.base == self.main:
+                return job  # (a re-queued run of a candidate already taken is measured on its base)
+            outcome = self.repo.rebase_candidate(cand.commit, self.main, cand.branch)
+            if outcome.status == RebaseStatus.REBASED:
+                new = outcome.commit
+                # the job first: a controller killed in between re-queues a job that still names a
+                # commit of the candidate, which is then rebased again when it is taken
+                if self.store.retarget(job.id, job.attempt, new.sha):
+                    self.store.transition(cand.id, {State.QUEUED.value}, State.QUEUED.value, commit=new.sha,
+                                          base=self.main, meta=dict(cand.meta, rebased_from=cand.commit),
+                                          lines_added=new.lines_added, lines_removed=new.lines_removed)
+                    job.commit = new.sha
+                    self._opened(job)
+                    self._bases[cand.id] = self.main
+                    self.intake.moved(cand.id)
+                    return job
+                continue  # (not reached: the job was leased a moment ago)
+            why = "conflicts with the new main line" if outcome.status == RebaseStatus.CONFLICT else "already in the main line"
+            self.store.drop(job.id, job.attempt)
+            self._closed(job.id)
+            self.store.transition(cand.id, {State.QUEUED.value}, State.STALE.value,
+                                  decision={"action": "stale", "reason": why, "at": time.time()})
+            self.store.add_event("stale", cand=cand.id, reason=why)
+            self.metrics.decision("stale")
+            self.report(f"{cand.id} is stale: {why}")
 
     # ------------------------------------------------------------------ proposing
 
-    def _enqueue(self, cand: Candidate, purpose: Purpose, front: bool = False) -> None:
-        job = Job(id=self.store.next_id("j", 6), cand=cand.id, commit=cand.commit, purpose=purpose.value)
-        self.store.enqueue(job, front=front)
+    def _enqueue(self, cand: Candidate, purpose: Purpose, front: bool = False, *, job_id: str | None = None,
+                 pipeline: Any = None) -> None:
+        """Queue a job for ``cand`` (on ``pipeline``, with ``job_id``, when the caller batches)."""
+        job = Job(id=job_id or self.store.next_id("j", 6), cand=cand.id, commit=cand.commit, purpose=purpose.value)
+        self.store.enqueue(job, front=front, pipeline=pipeline)
+        self._opened(job)
+        self._bases[cand.id] = cand.base
 
     # ------------------------------------------------------------------ dispatching
 
@@ -435,7 +522,7 @@ class Controller:
         for name, slot in self.workers.items():
             if name in self.inflight or name in self.restarting:
                 continue
-            job = self.store.dispatch(name, self.lease_s)
+            job = self._take(name)
             if job is None:
                 return
             self.store.transition(job.cand, {State.QUEUED.value, State.RUNNING.value}, State.RUNNING.value)
@@ -481,8 +568,14 @@ class Controller:
 
     def progress_line(self) -> str:
         g = self.gauges()
-        judged = [c for c in self.store.candidates(set(FINAL)) if c.origin != "baseline"]
-        done, merged = len(judged), sum(c.state == State.MERGED.value for c in judged)
+        # from the state counts (one round trip), not by loading every judged candidate: the baseline
+        # candidate is the one merged candidate of origin "baseline", once its runs are judged
+        counts = self.store.count_by_state()
+        if not self._baseline_judged:
+            cid = (self.store.run_meta() or {}).get("baseline_cand")
+            self._baseline_judged = bool(cid) and self.store.get_candidate(cid).state in FINAL
+        merged = counts.get(State.MERGED.value, 0) - self._baseline_judged
+        done = sum(counts.get(s, 0) for s in FINAL) - self._baseline_judged
         best, base = g["best"], g["baseline"]
         best_s = f"best {best:.6f}" if best else "best -"
         if best and base:

@@ -276,9 +276,12 @@ def test_a_killed_redis_server_is_restarted_and_the_run_goes_on_with_nothing_los
         why = farm.run()
         t.join()
         assert seen_before, "the run ended before the kill"
-        jobs = [r.job for r in farm.store.results()]
+        results = farm.store.results()
+        jobs = [r.job for r in results]
         assert seen_before[0] <= set(jobs), "every acknowledged result survived the restart"
-        assert len(jobs) == len(set(jobs)) == 2 + 6
+        assert len(jobs) == len(set(jobs)), "no job recorded twice"
+        # a neutral candidate that looks lucky earns a confirmation run: those are extra jobs
+        assert len([r for r in results if r.purpose != "confirm"]) == 2 + 6
         assert why == "the proposer has nothing new to try"
         assert all(State(c.state).final for c in farm.store.candidates())
     finally:
