@@ -45,3 +45,17 @@ def ray_local():
     ray.init(num_cpus=4, num_gpus=4, include_dashboard=False, namespace=ray_glue.NAMESPACE, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def redis_client(tmp_path_factory):
+    """A client of a real redis-server (embedded) of this test module's own."""
+    from cluster.redis_server import EmbeddedRedis, connect
+
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    try:
+        r = connect(server.start(), retry_seconds=5)
+        yield r
+        r.close()
+    finally:
+        server.stop()

@@ -69,6 +69,7 @@ def test_a_tag_whose_branch_exists_is_refused_before_anything_is_recorded(target
     assert status.returncode == 2 and "no run 'taken'" in status.stderr
 
 
+@pytest.mark.faults
 def test_ctrl_c_then_resume_loses_nothing_and_repeats_nothing(target, tmp_path):
     cfg = str(tmp_path / "farm.toml")
     # runs long enough that the stop (driver -> controller actor) lands while work is left
@@ -101,6 +102,7 @@ def test_ctrl_c_then_resume_loses_nothing_and_repeats_nothing(target, tmp_path):
     assert len(measured) == 6, "every proposed candidate was measured once the run resumed"
 
 
+@pytest.mark.faults
 def test_kill_9_of_the_farm_then_resume_loses_nothing_and_merges_nothing_twice(target, tmp_path):
     cfg = str(tmp_path / "farm.toml")
     proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "run", "--config", cfg, "--tag", "K",
@@ -151,6 +153,7 @@ def controller_pid(cfg: str, tag: str, cwd: Path) -> int:
     return status["controller"]["pid"]
 
 
+@pytest.mark.faults
 def test_a_controller_killed_alone_is_recorded_as_crashed_and_resume_finishes_the_run(target, tmp_path):
     cfg = str(tmp_path / "farm.toml")
     (target / "train.py").write_text((target / "train.py").read_text().replace("SLEEP = 0.3", "SLEEP = 2.0"))

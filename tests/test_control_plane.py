@@ -8,27 +8,13 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
-import pytest
-
 from cluster import judge as judge_policy
 from cluster.controller import Controller
 from cluster.model import Purpose, Result, State
-from cluster.redis_server import EmbeddedRedis, connect
 from cluster.repo import FarmRepo
 from cluster.store import Store
 from proposer.base import Proposal
 from tests.farmkit import farm_config, git, make_repo, set_constants
-
-
-@pytest.fixture(scope="module")
-def redis_client(tmp_path_factory):
-    server = EmbeddedRedis(tmp_path_factory.mktemp("cp-redis"))
-    try:
-        r = connect(server.start(), retry_seconds=5)
-        yield r
-        r.close()
-    finally:
-        server.stop()
 
 
 class FakeHandle:

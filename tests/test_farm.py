@@ -81,6 +81,7 @@ def test_pure_noise_is_never_merged(ray_local, repo):
         farm.close()
 
 
+@pytest.mark.faults
 def test_crash_timeout_and_missing_metric_are_recorded_and_the_farm_goes_on(ray_local, repo):
     edits = [
         ("crashes", {"MODE": '"crash"'}),
@@ -182,6 +183,7 @@ def test_states_stay_exclusive_and_the_main_line_only_moves_forward_to_measured_
         farm.close()
 
 
+@pytest.mark.faults
 def test_a_worker_killed_mid_run_has_its_candidate_run_again_with_one_result(ray_local, repo):
     import signal
     import threading
@@ -251,6 +253,7 @@ def test_more_workers_than_the_cluster_holds_is_a_clear_error(ray_local, repo):
         ray_glue.start_workers(farm_config(repo, **{"workers.count": 8}), "big", str(repo / "w"))
 
 
+@pytest.mark.faults
 def test_a_killed_redis_server_is_restarted_and_the_run_goes_on_with_nothing_lost(ray_local, repo):
     import signal
     import threading
@@ -288,6 +291,7 @@ def test_a_killed_redis_server_is_restarted_and_the_run_goes_on_with_nothing_los
         farm.close()
 
 
+@pytest.mark.faults
 def test_a_worker_stopped_past_its_lease_loses_its_job_and_its_late_result_is_refused(ray_local, repo):
     import signal
     import threading
@@ -334,6 +338,7 @@ def test_a_worker_stopped_past_its_lease_loses_its_job_and_its_late_result_is_re
 
 
 
+@pytest.mark.faults
 def test_a_worker_that_answers_no_heartbeat_loses_its_job_long_before_its_lease(ray_local, repo):
     import signal
     import threading

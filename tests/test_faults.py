@@ -36,9 +36,17 @@ def training_process(job) -> psutil.Process | None:
     return None
 
 
-def test_training_processes_killed_mid_run_are_run_again_and_end_with_one_result(ray_local, repo):
+def worker_process(farm, job) -> psutil.Process | None:
+    """The Ray worker process running this attempt (the one whose actor the job went to)."""
+    pid = {s.name: s.info["pid"] for s in farm.workers}.get(job.worker)
+    return psutil.Process(pid) if pid else None
+
+
+@pytest.mark.parametrize("target", ["training process", "worker"])
+def test_processes_killed_mid_run_twice_have_their_candidate_run_again_with_one_result(ray_local, repo, target):
     edits = [("slow", {"SLEEP": "3.0"}), ("neutral a", {"UNUSED": "11"}), ("neutral b", {"UNUSED": "12"})]
     farm = Farm(farm_config(repo, **{"judge.baseline_runs": 1, "workers.max_lost": 3}), edits)
+    find = training_process if target == "training process" else (lambda job: worker_process(farm, job))
     killed = []  # attempts of the slow candidate's measurement job that were killed
     job_id = []
 
@@ -47,7 +55,7 @@ def test_training_processes_killed_mid_run_are_run_again_and_end_with_one_result
         while time.time() < deadline and len(killed) < 2:
             for job in farm.store.running_jobs():
                 if farm.store.get_candidate(job.cand).description == "slow" and job.attempt > len(killed):
-                    proc = training_process(job)
+                    proc = find(job)
                     if proc is not None:
                         time.sleep(0.5)  # well inside the 3 s run
                         os.kill(proc.pid, signal.SIGKILL)
@@ -67,7 +75,9 @@ def test_training_processes_killed_mid_run_are_run_again_and_end_with_one_result
         slow = [r for r in farm.store.results(by["slow"].id) if r.job == job_id[0]]
         assert len(slow) == 1 and slow[0].status == "ok" and slow[0].attempt == 3, [r.to_dict() for r in slow]
         job = farm.store.job_record(job_id[0])
-        assert job["lost"] == 2 and "killed (SIGKILL) from outside the worker" in job["last_lost_reason"]
+        assert job["lost"] == 2
+        assert ("killed (SIGKILL) from outside the worker" if target == "training process" else "failed") \
+            in job["last_lost_reason"]
         for d in ("neutral a", "neutral b"):
             assert len([r for r in farm.store.results(by[d].id) if r.purpose == "measure"]) == 1
         assert all(c.state in (State.DISCARDED.value, State.MERGED.value) for c in by.values() if c.origin != "baseline")

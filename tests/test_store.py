@@ -12,21 +12,10 @@ import redis
 import cluster.store as store_mod
 from cluster.errors import StoreError
 from cluster.model import Candidate, Job, Result, State
-from cluster.redis_server import EmbeddedRedis, connect
 from cluster.store import KEY_TEMPLATES, NotFound, RunExists, Store
 
 STATES = [s.value for s in State]
 
-
-@pytest.fixture(scope="module")
-def redis_client(tmp_path_factory):
-    server = EmbeddedRedis(tmp_path_factory.mktemp("store-redis"))
-    try:
-        r = connect(server.start(), retry_seconds=5)
-        yield r
-        r.close()
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -60,7 +49,7 @@ def check_state_indexes(st: Store) -> dict[str, int]:
 def test_docstring_documents_every_key(store):
     doc = store_mod.__doc__
     for t in KEY_TEMPLATES:
-        assert re.search(rf"^\s+P {re.escape(t)}\s", doc, re.M), f"key {t} missing from the schema docstring"
+        assert re.search(rf"^\s+P {re.escape(t)}\s", doc, re.MULTILINE), f"key {t} missing from the schema docstring"
     assert store.key("cand", "c0001") == "arf:{t1}:cand:c0001"
     store.add_candidate(cand(1))
     store.enqueue(Job(id="j1", cand="c0001", commit="sha1"))
