@@ -404,6 +404,7 @@ class Controller:
             self.store.transition(cand.id, {State.FINISHED.value}, State.MERGED.value, decision=decision)
             self.store.update_run(main=cand.commit)
             self.main = cand.commit
+            self.intake.main_moved()
             self.report(f"MERGED {cand.id}: {cand.description} | {d.reason}")
             # the queued candidates move onto the new main line one by one, as workers take them
             # (_take): no stall here, however long the queue

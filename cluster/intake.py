@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 IDEA_ATTEMPTS = 3  # invalid implementations of a human idea before it is dropped
 DRY_ROUNDS = 3  # rounds in a row without a sound proposal, after which the proposer is not asked again
+                # (until a merge or a human idea gives it something new)
 INBOX_S = 1.0  # seconds between reads of the run's inbox (submitted patches and ideas)
 
 
@@ -258,6 +259,10 @@ class Intake:
             self.admit(fix, base=crashed.base)
 
     # ------------------------------------------------------------------ history for the proposer
+
+    def main_moved(self) -> None:
+        """A merge: the proposer, out of ideas on the old main line, has new neighbours to try."""
+        self.dry = 0
 
     def moved(self, cid: str) -> None:
         """The controller moved candidate ``cid`` onto another base: read it again for the history."""

@@ -209,3 +209,21 @@ def test_no_state_counts_are_read_once_the_experiment_budget_is_spent(tmp_path, 
     for _ in range(5):
         ctrl.intake._ask()
     assert zcard() == before
+
+
+def test_a_merge_makes_a_proposer_that_ran_dry_worth_asking_again(tmp_path, redis_client):
+    from cluster.intake import DRY_ROUNDS
+
+    ctrl = controller(tmp_path, redis_client, 1)
+    store = ctrl.store
+    ctrl.intake.admit_round(proposals(ctrl, [{"BONUS": "0.05"}]))
+    win = store.get_candidate("c0002")
+    ctrl.intake.dry = DRY_ROUNDS  # three rounds in a row without a sound proposal
+    assert ctrl.intake.exhausted
+    job = next(j for j in store.queued_jobs() if j.cand == win.id)
+    assert store.remove_from_queue(job.id)
+    ctrl._closed(job.id)
+    store.transition(win.id, {State.QUEUED.value}, State.FINISHED.value)
+    ctrl._apply(store.get_candidate(win.id), judge_policy.Decision("merge", "planted"), ctrl.line())
+    assert ctrl.main == win.commit
+    assert not ctrl.intake.exhausted and ctrl.intake.dry == 0, "new neighbours: the proposer is asked again"
