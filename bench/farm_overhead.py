@@ -180,10 +180,7 @@ def measure(n: int, duration: float, rounds: int, *, win_prob: float, cpus_per_w
         avail0 = psutil.virtual_memory().available
         t0 = time.time()
         workers = ray_glue.start_workers(cfg, ctx.tag, str(ctx.run_dir / "workers"))
-        if hasattr(ray_glue, "stop_workers"):  # also gives back the workers' placement group
-            stack.callback(ray_glue.stop_workers, workers)
-        else:
-            stack.callback(ray_glue.kill_actors, [w.handle for w in workers])
+        stack.callback(ray_glue.stop_workers, workers)  # also gives back the workers' placement group
         out["actor_start_s"] = time.time() - t0
         proposer = ray.remote(BenchProposer).options(num_cpus=0).remote(seed, win_prob)
         stack.callback(ray_glue.kill_actors, [proposer])

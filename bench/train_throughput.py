@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import shutil
@@ -128,7 +129,7 @@ def measure(worker: Worker, files: dict[str, bytes], index: int, budget: float) 
 
 
 def machine() -> dict[str, Any]:
-    info = {"host": platform.node(), "cpus": __import__("os").cpu_count(), "python": platform.python_version()}
+    info = {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()}
     if shutil.which("nvidia-smi"):
         q = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
                            capture_output=True, text=True)

@@ -102,7 +102,7 @@ class Intake:
         if not proposals:
             return 0
         c = self.ctrl
-        main, message = c.main, "{}\n\nFarm-Candidate: {}\nFarm-Origin: {}\n"
+        main = c.main
         todo: list[tuple[Proposal, str, str | None]] = []  # (proposal, candidate id, why refused)
         for p, cid in zip(proposals, c.store.next_ids("c", len(proposals), 4)):
             reason = p.meta.get("invalid")
@@ -113,8 +113,7 @@ class Intake:
                     reason = str(e)
             todo.append((p, cid, reason))
         sound = [(p, cid) for p, cid, reason in todo if not reason]
-        made = iter(c.repo.commit_candidates(main, [(p.source, candidate_branch(c.tag, cid),
-                                                     message.format(p.description, cid, p.origin))
+        made = iter(c.repo.commit_candidates(main, [(p.source, candidate_branch(c.tag, cid), _message(p, cid))
                                                     for p, cid in sound]))
         outcomes: list[tuple[Proposal, str, Any]] = []  # (proposal, id, its CandidateCommit or why refused)
         for p, cid, reason in todo:
@@ -170,8 +169,7 @@ class Intake:
         if not reason:
             try:
                 compile(p.source, c.cfg.run.editable, "exec")
-                made = c.repo.commit_candidate(base, p.source, branch,
-                                               f"{p.description}\n\nFarm-Candidate: {cid}\nFarm-Origin: {p.origin}\n")
+                made = c.repo.commit_candidate(base, p.source, branch, _message(p, cid))
                 if base != main:
                     moved = c.repo.rebase_candidate(made.sha, main, branch)
                     if moved.status != RebaseStatus.REBASED:
@@ -318,6 +316,11 @@ class Intake:
         numbers = cand.decision.get("numbers") or {}
         return Outcome(meta=dict(cand.meta, description=cand.description, candidate=cand.id, log_tail=tail),
                        status=status, delta=numbers.get("delta"), merged=cand.state == State.MERGED.value)
+
+
+def _message(p: Proposal, cid: str) -> str:
+    """The commit message of candidate ``cid`` made from proposal ``p``."""
+    return f"{p.description}\n\nFarm-Candidate: {cid}\nFarm-Origin: {p.origin}\n"
 
 
 _PENDING = (State.PROPOSED.value, State.QUEUED.value, State.RUNNING.value, State.FINISHED.value)

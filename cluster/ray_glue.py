@@ -79,10 +79,14 @@ class WorkerSlot:
     info: dict[str, Any]
 
 
+def _node() -> dict[str, Any]:
+    """The node this task or actor runs on."""
+    return {"node_ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id()}
+
+
 def _where() -> dict[str, Any]:
     """Where this task runs: the node and the GPUs Ray gave it (its bundle's)."""
-    return {"node_ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id(),
-            "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+    return {**_node(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
 
 def worker_names(places: list[dict[str, Any]]) -> list[str]:
@@ -252,8 +256,7 @@ class ControllerActor:
             self._new_line.notify_all()
 
     def where(self) -> dict[str, Any]:
-        return {"node_ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id(),
-                "pid": os.getpid()}
+        return {**_node(), "pid": os.getpid()}
 
     def run(self, resume: bool) -> str:
         """Start (or resume) the run, step until it ends, then stop cleanly; returns why it ended."""

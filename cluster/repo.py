@@ -148,15 +148,19 @@ class FarmRepo:
             raise RepoError(f"unknown revision {name!r} in {self.path}") from None
         return sha.decode(), kind.decode(), data
 
-    def _walk(self, treeish: str, path: str) -> tuple[list[bytes], tuple[str, str, str] | None]:
-        """The raw trees from the root of ``treeish`` (a commit or tree) down to ``path``'s folder,
-        and (mode, type, sha) of ``path`` in it, or None."""
+    def _root_tree(self, treeish: str) -> bytes:
+        """The raw root tree of ``treeish`` (a commit or a tree)."""
         _, kind, data = self._cat(treeish)
         if kind == "commit":
             _, kind, data = self._cat(data[5:45].decode())  # a commit starts "tree <sha>\n"
         if kind != "tree":
             raise RepoError(f"{treeish} is not a commit or tree")
-        trees, parts = [data], path.split("/")
+        return data
+
+    def _walk(self, treeish: str, path: str) -> tuple[list[bytes], tuple[str, str, str] | None]:
+        """The raw trees from the root of ``treeish`` (a commit or tree) down to ``path``'s folder,
+        and (mode, type, sha) of ``path`` in it, or None."""
+        trees, parts = [self._root_tree(treeish)], path.split("/")
         for i, name in enumerate(parts):
             found = _tree_entry(trees[-1], name.encode())
             if found is None:
@@ -539,10 +543,7 @@ class FarmRepo:
     def tree_files(self, commit: str, *, max_bytes: int = DEFAULT_TREE_CAP) -> dict[str, bytes]:
         """Every regular file of ``commit`` (path -> bytes), to ship a tree to another node. Read
         through the persistent cat-file processes: no git process starts."""
-        _, kind, data = self._cat(commit)
-        if kind == "commit":
-            _, kind, data = self._cat(data[5:45].decode())
-        blobs, total, trees = [], 0, [("", data)]
+        blobs, total, trees = [], 0, [("", self._root_tree(commit))]
         while trees:
             prefix, tree = trees.pop()
             for _, nul, mode, name in _tree_entries(tree):

@@ -243,9 +243,7 @@ class Store:
         return sorted(k[len(head) : -len("}:run")] for k in r.scan_iter(match=f"{head}*}}:run", count=1000))
 
     def next_id(self, kind: str, width: int = 4) -> str:
-        if not _NAME.match(kind):
-            raise StoreError(f"bad id kind {kind!r}: use letters, digits, '.', '_' or '-'")
-        return f"{kind}{self.r.incr(self.key('seq', kind)):0{width}d}"
+        return self.next_ids(kind, 1, width)[0]
 
     # -- candidates ----------------------------------------------------------------------------
     def add_candidate(self, c: Candidate, pipeline: redis.client.Pipeline | None = None) -> None:

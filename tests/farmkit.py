@@ -87,7 +87,7 @@ class Farm:
         if not resume:
             self.ctx.store.create_run({"tag": self.ctx.tag, "status": "running"})
         self.workers = ray_glue.start_workers(cfg, self.ctx.tag, str(self.ctx.run_dir / "workers"))
-        self.stack.callback(ray_glue.kill_actors, [w.handle for w in self.workers])
+        self.stack.callback(ray_glue.stop_workers, self.workers)
         if edits is None:
             self.proposer = ray_glue.start_proposer(cfg, self.ctx.tag, "cpu", program)
         else:

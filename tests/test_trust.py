@@ -10,6 +10,7 @@ that catches them and not the static tripwire in front of it.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -80,7 +81,7 @@ def cache(tmp_path_factory):
     src.mkdir()
     for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:80]:
         shutil.copy(path, src / path.name)
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("AUTORESEARCH_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
     env.update(KNOBS, AUTORESEARCH_CACHE=str(tmp / "cache"))
     out = subprocess.run([sys.executable, "prepare.py", "--source", str(src)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)

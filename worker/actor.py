@@ -236,9 +236,9 @@ class Worker:
         if isinstance(printed, (int, float)) and not isinstance(printed, bool) and math.isfinite(printed):
             return (RunStatus.CHEAT.value, f"printed a val_bpb of its own ({printed:g}): the harness hands the "
                     "weights to the farm's evaluator and prints nan", None, outcome.log_tail)
-        touched = getattr(outcome, "hidden_touched", None) or []
-        if touched:
-            return (RunStatus.CHEAT.value, f"opened the validation data during training: {', '.join(touched)}",
+        if outcome.hidden_touched:
+            return (RunStatus.CHEAT.value, f"opened the validation data during training: "
+                    f"{', '.join(outcome.hidden_touched)}",
                     None, outcome.log_tail)
         if outcome.exit_code != 0 or outcome.status in (RunStatus.CRASH.value, RunStatus.TIMEOUT.value):
             return outcome.status, outcome.reason, None, outcome.log_tail  # its own failure is its result
@@ -330,9 +330,9 @@ class Worker:
             summary["val_bpb"] = val
             containment = ",".join(filter(None, [containment, "trusted-eval"]))
         weights.unlink(missing_ok=True)
-        if trusted and (changed := sorted(k for k, v in self.data_state().items() ^ data_before.items())):
+        if trusted and (changed := sorted({k for k, _ in self.data_state().items() ^ data_before.items()})):
             status, reason = RunStatus.CHEAT.value, (
-                f"changed the prepared data ({', '.join(sorted(set(changed)))[:300]}): every later run would be "
+                f"changed the prepared data ({', '.join(changed)[:300]}): every later run would be "
                 "scored on it; rebuild it with `python prepare.py --force`")
             log.error("%s: run %s %s", self.name, job["id"], reason)
 
