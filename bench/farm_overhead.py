@@ -70,7 +70,7 @@ TRAINING_MB = 30  # a worker's training subprocess chain while it runs (sh, unsh
 
 
 def _timed_controller_class():
-    from cluster.controller import Controller
+    from cluster.loop.controller import Controller
 
     class TimedController(Controller):
         """The real Controller, with each loop method timed and gaps stamped with the time they happened."""
@@ -161,9 +161,9 @@ def measure(n: int, duration: float, rounds: int, *, win_prob: float, cpus_per_w
     import psutil
     import ray
 
-    from cluster import ray_glue
+    from cluster.actors import placement
     from cluster.config import FarmConfig
-    from cluster.farm import open_run
+    from cluster.launch import open_run
 
     repo = make_repo(root / f"target-{n}", duration)
     cfg = FarmConfig().with_overrides({
@@ -179,11 +179,11 @@ def measure(n: int, duration: float, rounds: int, *, win_prob: float, cpus_per_w
         stack.callback(ctx.store.update_run, status="done")  # runs before open_run's cleanup: Redis then stops
         avail0 = psutil.virtual_memory().available
         t0 = time.time()
-        workers = ray_glue.start_workers(cfg, ctx.tag, str(ctx.run_dir / "workers"))
-        stack.callback(ray_glue.stop_workers, workers)  # also gives back the workers' placement group
+        workers = placement.start_workers(cfg, ctx.tag, str(ctx.run_dir / "workers"))
+        stack.callback(placement.stop_workers, workers)  # also gives back the workers' placement group
         out["actor_start_s"] = time.time() - t0
         proposer = ray.remote(BenchProposer).options(num_cpus=0).remote(seed, win_prob)
-        stack.callback(ray_glue.kill_actors, [proposer])
+        stack.callback(placement.kill_actors, [proposer])
         time.sleep(1.0)
         out["mem_per_actor_mb"] = (avail0 - psutil.virtual_memory().available) / n / MB
         out["actor_pss_mb"] = statistics.fmean(psutil.Process(w.info["pid"]).memory_full_info().pss
@@ -294,12 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     import psutil
     import ray
 
-    from cluster import ray_glue
+    from cluster.actors import placement
 
     avail = psutil.virtual_memory().available
     ray.cloudpickle.register_pickle_by_value(overhead_kit)  # the proposer actor needs it; bench/ is not installed
     ray.init(num_gpus=max(ns), num_cpus=max(2, math.ceil(max(ns) * args.cpus_per_worker) + 1),
-             include_dashboard=False, namespace=ray_glue.NAMESPACE, log_to_driver=False)
+             include_dashboard=False, namespace=placement.NAMESPACE, log_to_driver=False)
     results, per_actor = [], 80 * MB
     try:
         with tempfile.TemporaryDirectory(prefix="farm-bench-") as tmp:

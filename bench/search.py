@@ -17,12 +17,12 @@ What is modelled
   * Time: every run takes ``--run-seconds`` (default 330: 300 s of training + start-up and
     evaluation), +/-2 % jitter; a crash takes 60 s. A GPU-hour is a worker held for an hour.
   * The farm's own policies, called as they are: ``proposer.mutate.MutateProposer`` proposes (its
-    history built as cluster/intake.py's ``Intake.history`` builds it); ``cluster.judge.decide`` and
+    history built as cluster/loop/intake.py's ``Intake.history`` builds it); ``cluster.loop.judge.decide`` and
     ``pick_merge`` decide; rebases are ``cluster.repo.merge_lines`` (3-way merge of the source text;
     a conflict or a change already in the main line makes a candidate stale).
   * The controller's rules, re-implemented in bench/simfarm.py (the duplication, ~120 lines:
     ``Sim._judge``, ``_apply``, ``_rebase``, ``_rebase_pending``, ``_dispatch`` and ``_record`` mirror
-    cluster/controller.py's methods of the same names, ``_fill`` and ``_history`` cluster/intake.py's
+    cluster/loop/controller.py's methods of the same names, ``_fill`` and ``_history`` cluster/loop/intake.py's
     ``_ask``/``admit``/``history``): the baseline is queued ``baseline_runs`` times; the queue is kept
     at one pending candidate per worker plus ``queue_margin``; confirm and main-line re-measure jobs
     go to the front; one merge per judging pass (``pick_merge``), the main line moves to exactly the

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster import judge
-from cluster.model import Candidate, Purpose, Result, RunStatus, State
+from cluster.loop import judge
+from cluster.records import Candidate, Purpose, Result, RunStatus, State
 from cluster.repo import merge_lines
 from proposer import mutate
 from proposer.base import History, Outcome, fingerprint
@@ -180,7 +180,7 @@ class Sim:
         return k
 
     # ---------------------------------------------------------------- the controller's rules (see docstring)
-    def _history(self) -> History:  # cluster/intake.py: Intake.history
+    def _history(self) -> History:  # cluster/loop/intake.py: Intake.history
         cands = list(self.cands.values())
         outcomes = []
         for c in cands:

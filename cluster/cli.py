@@ -22,9 +22,9 @@ import sys
 import time
 from contextlib import ExitStack
 
-from . import config as config_mod
-from .errors import FarmError
-from .model import State
+from cluster import config as config_mod
+from cluster.errors import FarmError
+from cluster.records import State
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -129,12 +129,12 @@ def _say(line: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .farm import run_farm
+    from cluster.launch import run_farm
 
     cfg = load_config(args)
     if args.resume:  # the run continues with the settings it was started with, unless flags say otherwise
         with ExitStack() as stack:
-            from .farm import open_run
+            from cluster.launch import open_run
 
             meta = open_run(cfg, stack).store.run_meta()
         if meta and meta.get("config"):
@@ -145,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def status_dict(store) -> dict:
-    from .results import costs
+    from cluster.report.results import costs
 
     meta = store.run_meta() or {}
     counts = store.count_by_state()
@@ -199,8 +199,8 @@ def _print_status(s: dict) -> None:
 
 
 def _open_store(args: argparse.Namespace, stack: ExitStack):
-    from .farm import open_run
-    from .store import Store
+    from cluster.launch import open_run
+    from cluster.store import Store
 
     cfg = load_config(args)
     ctx = open_run(cfg, stack)
@@ -224,14 +224,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, rest: list[str]) -> int:
-    from . import jobs
+    from cluster.remote import client as remote
 
     if not (args.patch or args.idea):  # a whole run, as a Ray job
         run_args = rest + (["--config", args.config] if args.config else [])
         build_parser().parse_args(["run", *run_args])  # refuse bad run options here, with run's usage
-        job_id, tag, url = jobs.submit_run(args.address, args.repo or ".", run_args, tag=args.tag, token=args.token)
+        job_id, tag, url = remote.submit_run(args.address, args.repo or ".", run_args, tag=args.tag, token=args.token)
         print(f"submitted run {tag} as job {job_id}\n  dashboard: {url}\n"
-              f"  follow it: autoresearch-farm logs {tag} --address {jobs.resolve_address(args.address)}")
+              f"  follow it: autoresearch-farm logs {tag} --address {remote.resolve_address(args.address)}")
         return 0
     if rest:
         raise FarmError(f"unexpected arguments with --patch/--idea: {' '.join(rest)}")
@@ -239,7 +239,7 @@ def cmd_submit(args: argparse.Namespace, rest: list[str]) -> int:
         if args.idea:
             argv, files = ["submit", "--idea", args.idea], None
         else:
-            argv = ["submit", "--patch", f"{jobs.SUBMIT_DIR}/patch.diff"]
+            argv = ["submit", "--patch", f"{remote.SUBMIT_DIR}/patch.diff"]
             files = {"patch.diff": sys.stdin.read() if args.patch == "-" else _read(args.patch)}
         if args.description:
             argv += ["--description", args.description]
@@ -248,9 +248,9 @@ def cmd_submit(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _remote(args: argparse.Namespace, argv: list[str], files: dict[str, str] | None = None) -> int:
-    from . import jobs
+    from cluster.remote import client as remote
 
-    rc, out, err = jobs.remote_cli(args.address or None, getattr(args, "repo", None) or ".", argv, tag=args.tag,
+    rc, out, err = remote.remote_cli(args.address or None, getattr(args, "repo", None) or ".", argv, tag=args.tag,
                                    token=args.token, files=files)
     sys.stdout.write(out)
     sys.stderr.write(err)
@@ -258,7 +258,7 @@ def _remote(args: argparse.Namespace, argv: list[str], files: dict[str, str] | N
 
 
 def _submit_local(args: argparse.Namespace) -> int:
-    from .errors import PatchError
+    from cluster.errors import PatchError
 
     with ExitStack() as stack:
         store = _open_store(args, stack)
@@ -271,7 +271,7 @@ def _submit_local(args: argparse.Namespace) -> int:
             print(f"idea sent to run {store.tag}")
         else:
             text = sys.stdin.read() if args.patch == "-" else _read(args.patch)
-            from .farm import open_repo
+            from cluster.launch import open_repo
 
             repo = open_repo(load_config(args), stack)
             try:  # fail fast here; the farm checks again against the main line it has then
@@ -295,7 +295,7 @@ def _read(path: str) -> str:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from .results import render
+    from cluster.report.results import render
 
     if args.address is not None:
         return _remote(args, ["results", "--format", args.format])
@@ -307,13 +307,13 @@ def cmd_results(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .plot import plot
-    from .results import tsv_rows
+    from cluster.report.plot import plot
+    from cluster.report.results import tsv_rows
 
     if args.address is not None:  # the rows come from the cluster, the picture is drawn here
-        from . import jobs
+        from cluster.remote import client as remote
 
-        rc, tsv, err = jobs.remote_cli(args.address or None, args.repo or ".", ["results"], tag=args.tag,
+        rc, tsv, err = remote.remote_cli(args.address or None, args.repo or ".", ["results"], tag=args.tag,
                                        token=args.token)
         if rc:
             raise FarmError(err.strip() or "the cluster could not read the run")
@@ -332,28 +332,28 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from . import jobs
+    from cluster.remote import client as remote
 
-    job = jobs.resolve_job(args.address or None, args.job, args.token)
-    final = jobs.follow_logs(args.address or None, job, token=args.token)
+    job = remote.resolve_job(args.address or None, args.job, args.token)
+    final = remote.follow_logs(args.address or None, job, token=args.token)
     print(f"job {job}: {final}")
     return 0 if final == "SUCCEEDED" else 1
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from . import jobs
+    from cluster.remote import client as remote
 
-    job = jobs.resolve_job(args.address or None, args.job, args.token)
-    final = jobs.stop_job(args.address or None, job, token=args.token)
-    tag = jobs.job_status(args.address or None, job, args.token).get("tag") or "TAG"
+    job = remote.resolve_job(args.address or None, args.job, args.token)
+    final = remote.stop_job(args.address or None, job, token=args.token)
+    tag = remote.job_status(args.address or None, job, args.token).get("tag") or "TAG"
     print(f"job {job}: {final}; `autoresearch-farm submit --address ... --tag {tag} --resume` continues it")
     return 0
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from . import jobs
+    from cluster.remote import client as remote
 
-    changed = jobs.pull(args.address or None, args.repo or ".", args.tag, force=args.force, token=args.token)
+    changed = remote.pull(args.address or None, args.repo or ".", args.tag, force=args.force, token=args.token)
     for branch, sha in changed.items():
         print(f"{branch} -> {sha[:12]}")
     print(f"{len(changed)} branch(es) updated")

@@ -1,4 +1,13 @@
-"""The farm's small error hierarchy. Every message says what the user can do about it."""
+"""The farm's small error hierarchy. Every message says what the user can do about it.
+
+Two errors live with the layer that raises them, below the control plane: a patch that does not
+apply (:class:`proposer.patching.PatchError`, re-exported here: the proposers and the repository
+raise the same one) and a sandbox layer that is unavailable (:class:`worker.sandbox.SandboxError`).
+"""
+
+from proposer.patching import PatchError
+
+__all__ = ["FarmError", "ConfigError", "RepoError", "StoreError", "PatchError", "FencedWrite"]
 
 
 class FarmError(Exception):
@@ -15,10 +24,6 @@ class RepoError(FarmError):
 
 class StoreError(FarmError):
     """Redis is unreachable or holds state this run cannot use."""
-
-
-class PatchError(FarmError):
-    """A proposed patch does not apply, touches a frozen file, or does not compile."""
 
 
 class FencedWrite(StoreError):

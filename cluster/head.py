@@ -1,11 +1,11 @@
-"""The cluster side of `cluster/jobs.py`: what the farm's jobs run on the head.
+"""The cluster side of `cluster/remote/client.py`: what the farm's jobs run on the head.
 
     python -m cluster.head head-redis          start (or keep) the farm's durable Redis (head_start_ray_commands)
     python -m cluster.head run ...             a submitted run: fetch the shipped commit, run the farm on it
     python -m cluster.head query ... -- ARGS   `status`, `results` or `submit` against a run, for `remote_cli`
     python -m cluster.head bundle ...          the run's branches as a git bundle, for `pull`
 
-Everything durable lives under the farm home (see cluster/jobs.py's docstring).
+Everything durable lives under the farm home (see cluster/remote/client.py's docstring).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import FarmError
-from .jobs import (BEGIN, END, DEFAULT_HOME, HOME_ENV, QUERY_COMMANDS, REDIS_PORT, SUBMIT_DIR, _checked, _flag, _git)
+from cluster.errors import FarmError
+from cluster.remote.client import (BEGIN, END, DEFAULT_HOME, HOME_ENV, QUERY_COMMANDS, REDIS_PORT, SUBMIT_DIR, _checked, _flag, _git)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def head_redis(home: Path, *, port: int = REDIS_PORT, bind: list[str] | None = N
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    from .redis_server import redis_server_executable
+    from cluster.store.server import redis_server_executable
 
     d = home / "redis"
     d.mkdir(parents=True, exist_ok=True)
@@ -157,7 +157,7 @@ def _cluster_run(ns: argparse.Namespace) -> int:
     elif "--resume" not in ns.args:
         _git(worktree, "checkout", "-q", "--detach", "--force", sha)
     log.info("run %s: %s at %s in %s", ns.tag, ns.repo_id, sha[:8], worktree)
-    from .cli import main as cli_main
+    from cluster.cli import main as cli_main
 
     return cli_main(["run", "--repo", str(worktree), "--tag", ns.tag, *redis_args, *ns.args])
 
@@ -174,7 +174,7 @@ def _cluster_query(ns: argparse.Namespace) -> dict[str, Any]:
         raise FarmError(f"query runs only {', '.join(QUERY_COMMANDS)}")
     home = farm_home(ns.home)
     tag, worktree = _pick_run(home, ns.repo_id, ns.tag)
-    from .cli import main as cli_main
+    from cluster.cli import main as cli_main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

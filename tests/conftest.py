@@ -40,9 +40,9 @@ def ray_local():
     """One local Ray for the suite's farm tests: 4 CPUs and 4 logical GPUs (no real GPU is used)."""
     import ray
 
-    from cluster import ray_glue
+    from cluster.actors import placement
 
-    ray.init(num_cpus=4, num_gpus=4, include_dashboard=False, namespace=ray_glue.NAMESPACE, log_to_driver=False)
+    ray.init(num_cpus=4, num_gpus=4, include_dashboard=False, namespace=placement.NAMESPACE, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -50,7 +50,7 @@ def ray_local():
 @pytest.fixture(scope="module")
 def redis_client(tmp_path_factory):
     """A client of a real redis-server (embedded) of this test module's own."""
-    from cluster.redis_server import EmbeddedRedis, connect
+    from cluster.store.server import EmbeddedRedis, connect
 
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
     try:

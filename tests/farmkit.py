@@ -16,10 +16,10 @@ from pathlib import Path
 
 import ray
 
-from cluster import ray_glue
+from cluster.actors import placement, proposer as proposer_actor
 from cluster.config import FarmConfig
-from cluster.controller import Controller
-from cluster.farm import open_run
+from cluster.loop.controller import Controller
+from cluster.launch import open_run
 from proposer.base import Proposal
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -86,13 +86,13 @@ class Farm:
         self.ctx = open_run(cfg, self.stack, keep_alive=True)
         if not resume:
             self.ctx.store.create_run({"tag": self.ctx.tag, "status": "running"})
-        self.workers = ray_glue.start_workers(cfg, self.ctx.tag, str(self.ctx.run_dir / "workers"))
-        self.stack.callback(ray_glue.stop_workers, self.workers)
+        self.workers = placement.start_workers(cfg, self.ctx.tag, str(self.ctx.run_dir / "workers"))
+        self.stack.callback(placement.stop_workers, self.workers)
         if edits is None:
-            self.proposer = ray_glue.start_proposer(cfg, self.ctx.tag, "cpu", program)
+            self.proposer = proposer_actor.start_proposer(cfg, self.ctx.tag, "cpu", program)
         else:
             self.proposer = ray.remote(ScriptedProposer).options(num_cpus=0).remote(edits)
-        self.stack.callback(ray_glue.kill_actors, [self.proposer])
+        self.stack.callback(placement.kill_actors, [self.proposer])
         self.lines: list[str] = []
         self.ctrl = Controller(cfg, self.ctx.tag, self.ctx.store, self.ctx.repo, self.workers, self.proposer,
                                self.ctx.run_dir, report=self.lines.append)

@@ -12,8 +12,8 @@ from contextlib import ExitStack
 import pytest
 import ray
 
-from cluster import ray_glue
-from cluster.farm import open_run, run_farm
+from cluster.actors import placement
+from cluster.launch import open_run, run_farm
 from tests.farmkit import farm_config, make_repo
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ def repo(tmp_path):
 
 
 def farm_actor_names() -> set[str]:
-    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == ray_glue.NAMESPACE}
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == placement.NAMESPACE}
 
 
 def wait_back(slot, timeout: float = 60.0) -> dict:
@@ -40,7 +40,7 @@ def wait_back(slot, timeout: float = 60.0) -> dict:
 
 
 def test_gpu_workers_are_named_by_node_and_the_gpu_ray_gave_them(ray_local, repo):
-    slots = ray_glue.start_workers(farm_config(repo, **{"workers.count": 0}), "names", str(repo / "w"))
+    slots = placement.start_workers(farm_config(repo, **{"workers.count": 0}), "names", str(repo / "w"))
     try:
         ip = ray.util.get_node_ip_address()
         assert [s.name for s in slots] == [f"{ip}:gpu{k}" for k in range(4)]
@@ -48,12 +48,12 @@ def test_gpu_workers_are_named_by_node_and_the_gpu_ray_gave_them(ray_local, repo
             (gpu,) = s.info["gpu_ids"]
             assert s.name == f"{ip}:gpu{gpu}", "the name is the GPU the actor itself reports"
             assert s.info["cuda_visible_devices"] == gpu
-            assert ray.get_actor(f"names:{s.name}", namespace=ray_glue.NAMESPACE) is not None
+            assert ray.get_actor(f"names:{s.name}", namespace=placement.NAMESPACE) is not None
         assert {f"names:{ip}:gpu{k}" for k in range(4)} <= farm_actor_names()
     finally:
-        ray_glue.kill_actors([s.handle for s in slots[:3]])
+        placement.kill_actors([s.handle for s in slots[:3]])
     assert ray.available_resources().get("GPU", 0) == 0, "a group with a worker left keeps its GPUs"
-    ray_glue.kill_actors([slots[3].handle])
+    placement.kill_actors([slots[3].handle])
     assert not any(n.startswith("names:") for n in farm_actor_names())
     deadline = time.time() + 30
     while ray.available_resources().get("GPU", 0) < 4 and time.time() < deadline:
@@ -64,7 +64,7 @@ def test_gpu_workers_are_named_by_node_and_the_gpu_ray_gave_them(ray_local, repo
 def test_a_restarted_worker_keeps_its_name_and_its_gpu(ray_local, repo):
     """Two workers on four GPUs: a worker killed twice (while another actor takes a freed GPU)
     comes back on the GPU its name says, not on whichever one is free."""
-    slots = ray_glue.start_workers(farm_config(repo, **{"workers.count": 2}), "rs", str(repo / "w"))
+    slots = placement.start_workers(farm_config(repo, **{"workers.count": 2}), "rs", str(repo / "w"))
     hog = None
     try:
         first = slots[0]
@@ -75,27 +75,27 @@ def test_a_restarted_worker_keeps_its_name_and_its_gpu(ray_local, repo):
                 hog = ray.remote(num_gpus=1, num_cpus=0)(lambda: ray.get_gpu_ids()).remote()
             info = wait_back(first)
             assert info["gpu_ids"] == gpu and first.name.endswith(f":gpu{gpu[0]}")
-        assert ray.get_actor(f"rs:{first.name}", namespace=ray_glue.NAMESPACE) is not None
+        assert ray.get_actor(f"rs:{first.name}", namespace=placement.NAMESPACE) is not None
     finally:
-        ray_glue.stop_workers(slots)
+        placement.stop_workers(slots)
 
 
 def test_cpu_workers_are_named_by_node_and_numbered(ray_local, repo):
     cfg = farm_config(repo, **{"workers.count": 2, "workers.gpus_per_worker": 0.0})
-    slots = ray_glue.start_workers(cfg, "cpu", str(repo / "w"))
+    slots = placement.start_workers(cfg, "cpu", str(repo / "w"))
     try:
         ip = ray.util.get_node_ip_address()
         assert [s.name for s in slots] == [f"{ip}:cpu0", f"{ip}:cpu1"]
         assert all(s.info["gpu_ids"] == [] for s in slots)
     finally:
-        ray_glue.stop_workers(slots)
+        placement.stop_workers(slots)
 
 
 def test_names_of_shared_and_multi_gpu_workers_stay_unique():
     places = [{"node_ip": "10.0.0.1", "gpu_ids": ["0"]}, {"node_ip": "10.0.0.1", "gpu_ids": ["0"]},
               {"node_ip": "10.0.0.1", "gpu_ids": ["1", "2"]}, {"node_ip": "10.0.0.2", "gpu_ids": []},
               {"node_ip": "10.0.0.2", "gpu_ids": []}, {"node_ip": "10.0.0.3", "gpu_ids": []}]
-    assert ray_glue.worker_names(places) == ["10.0.0.1:gpu0", "10.0.0.1:gpu0#2", "10.0.0.1:gpu1+2",
+    assert placement.worker_names(places) == ["10.0.0.1:gpu0", "10.0.0.1:gpu0#2", "10.0.0.1:gpu1+2",
                                              "10.0.0.2:cpu0", "10.0.0.2:cpu1", "10.0.0.3:cpu0"]
 
 
@@ -107,7 +107,7 @@ def test_the_controller_loop_runs_in_the_named_actor_on_the_drivers_node(ray_loc
     def report(line: str) -> None:
         lines.append(line)
         if "actor" not in seen:
-            actor = ray.get_actor("ca:controller", namespace=ray_glue.NAMESPACE)
+            actor = ray.get_actor("ca:controller", namespace=placement.NAMESPACE)
             seen["actor"] = ray.get(actor.where.remote())
             seen["names"] = farm_actor_names()
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
-from cluster import judge as judge_policy
-from cluster.controller import Controller
-from cluster.model import Purpose, Result, State
+from cluster.loop import judge as judge_policy
+from cluster.loop.controller import Controller
+from cluster.records import Purpose, Result, State
 from cluster.repo import FarmRepo
 from cluster.store import Store
 from proposer.base import Proposal
@@ -212,7 +212,7 @@ def test_no_state_counts_are_read_once_the_experiment_budget_is_spent(tmp_path, 
 
 
 def test_a_merge_makes_a_proposer_that_ran_dry_worth_asking_again(tmp_path, redis_client):
-    from cluster.intake import DRY_ROUNDS
+    from cluster.loop.intake import DRY_ROUNDS
 
     ctrl = controller(tmp_path, redis_client, 1)
     store = ctrl.store

@@ -10,8 +10,8 @@ import time
 import pytest
 import ray
 
-from cluster import ray_glue
-from cluster.model import State
+from cluster.actors import placement
+from cluster.records import State
 from tests.farmkit import Farm, farm_config, git, make_repo
 
 pytestmark = pytest.mark.slow
@@ -28,13 +28,13 @@ def finals(farm):
 
 def test_one_worker_per_logical_gpu_each_with_its_own_device(ray_local, repo):
     cfg = farm_config(repo, **{"workers.count": 0})
-    slots = ray_glue.start_workers(cfg, "pin", str(repo / "w"))
+    slots = placement.start_workers(cfg, "pin", str(repo / "w"))
     try:
         devices = [s.info["cuda_visible_devices"] for s in slots]
         assert len(slots) == 4
         assert sorted(devices) == ["0", "1", "2", "3"]
     finally:
-        ray_glue.kill_actors([s.handle for s in slots])
+        placement.kill_actors([s.handle for s in slots])
 
 
 def test_planted_improvement_is_confirmed_merged_and_pending_candidates_rebased(ray_local, repo):
@@ -133,7 +133,7 @@ def test_budget_reaches_the_training_process(ray_local, repo):
 
 def _state_snapshot(store):
     """Every candidate id with the states whose index holds it, read in one MULTI/EXEC."""
-    from cluster.model import State as S
+    from cluster.records import State as S
 
     pipe = store.r.pipeline(transaction=True)
     pipe.zrange(store.key("cands"), 0, -1)
@@ -250,7 +250,7 @@ def test_more_workers_than_the_cluster_holds_is_a_clear_error(ray_local, repo):
     from cluster.errors import FarmError
 
     with pytest.raises(FarmError, match="8 workers need 8 GPUs.*has 4"):
-        ray_glue.start_workers(farm_config(repo, **{"workers.count": 8}), "big", str(repo / "w"))
+        placement.start_workers(farm_config(repo, **{"workers.count": 8}), "big", str(repo / "w"))
 
 
 @pytest.mark.faults

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from cluster.model import State
+from cluster.records import State
 from tests.farmkit import Farm, farm_config, git, make_repo
 from tests.openai_stub import OpenAIStub, text
 

@@ -16,7 +16,7 @@ import time
 import psutil
 import pytest
 
-from cluster.model import State
+from cluster.records import State
 from tests.farmkit import Farm, farm_config, make_repo
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]

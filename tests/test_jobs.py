@@ -19,7 +19,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cluster import head, jobs
+from cluster import head
+from cluster.remote import client as jobs
 from cluster.errors import FarmError
 from tests.farmkit import SCRIPTED_CONFIG, free_port, git, make_repo, shutdown_redis
 

@@ -8,8 +8,8 @@ import itertools
 import numpy as np
 import pytest
 
-from cluster.judge import Decision, JudgeConfig, Line, decide, noise_sigma, pick_merge
-from cluster.model import Candidate, Purpose, Result
+from cluster.loop.judge import Decision, JudgeConfig, Line, decide, noise_sigma, pick_merge
+from cluster.records import Candidate, Purpose, Result
 
 H100 = "NVIDIA H100 80GB HBM3"
 H200 = "NVIDIA H200"
@@ -258,7 +258,7 @@ def test_a_candidate_that_trains_past_the_main_lines_wall_time_is_a_cheat() -> N
 
 
 def test_overtime_needs_worker_timings_on_both_sides_and_allows_at_least_five_seconds() -> None:
-    from cluster.judge import overtime
+    from cluster.loop.judge import overtime
 
     short = [timed(res(1.0), 10.0)]
     assert overtime([timed(res(1.0), 14.9)], short) is None  # 20 % of 10 s is 2 s, but 5 s at least

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.metrics import DISPATCH_GAP_BOUNDARIES, PREFIX, SPECS
+from cluster.loop.metrics import DISPATCH_GAP_BOUNDARIES, PREFIX, SPECS
 from tests.farmkit import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def value(samples, name: str, **labels: str) -> float | None:
 def test_without_ray_it_is_a_noop_and_imports_nothing():
     code = (
         "import sys\n"
-        "from cluster.metrics import FarmMetrics\n"
+        "from cluster.loop.metrics import FarmMetrics\n"
         "m = FarmMetrics('t')\n"
         "m.result('ok'); m.decision('merge'); m.dispatch_gap(1.0); m.llm_usage(10, 5, 0.01)\n"
         "m.snapshot(1.0, 1.1, 3, 2, 0.5, workers=2)\n"
@@ -69,7 +69,7 @@ def test_metric_names_and_boundaries_are_sane():
 RECORDER = """
 import sys, time
 import ray
-from cluster.metrics import FarmMetrics
+from cluster.loop.metrics import FarmMetrics
 
 ray.init(_metrics_export_port=int(sys.argv[1]), include_dashboard=False, num_cpus=1)
 m = FarmMetrics("mtest")

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from cluster.errors import StoreError
-from cluster.model import Job
-from cluster.redis_server import EmbeddedRedis, connect
+from cluster.records import Job
+from cluster.store.server import EmbeddedRedis, connect
 from cluster.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,7 +152,7 @@ def test_second_owner_reuses_a_live_server(servers):
 
 def test_server_outlives_a_sigkilled_owner_and_is_reused(servers, tmp_path):
     code = (
-        "import sys; from cluster.redis_server import EmbeddedRedis, connect\n"
+        "import sys; from cluster.store.server import EmbeddedRedis, connect\n"
         f"er = EmbeddedRedis({str(tmp_path / 'redis')!r}); url = er.start()\n"
         "connect(url).set('k', 'v'); print(er.pid, flush=True); sys.stdin.read()\n"
     )
@@ -257,7 +257,7 @@ def test_live_but_unresponsive_server_is_not_replaced(servers):
     ("unix:///tmp/x.sock", False),
 ])
 def test_a_tcp_redis_off_loopback_needs_a_password(url, refused):
-    from cluster.redis_server import check_exposure
+    from cluster.store.server import check_exposure
 
     if refused:
         with pytest.raises(StoreError, match="without a password"):

@@ -9,9 +9,9 @@ import time
 import pytest
 import redis
 
-import cluster.store as store_mod
+import cluster.store.store as store_mod
 from cluster.errors import StoreError
-from cluster.model import Candidate, Job, Result, State
+from cluster.records import Candidate, Job, Result, State
 from cluster.store import KEY_TEMPLATES, NotFound, RunExists, Store
 
 STATES = [s.value for s in State]
@@ -24,7 +24,7 @@ def store(redis_client):
     return Store(redis_client, "t1")
 
 
-def cand(i: int, state: str = State.PROPOSED.value, **kw) -> Candidate:
+def cand(i: int, state: str = State.FINISHED.value, **kw) -> Candidate:
     return Candidate(id=f"c{i:04d}", commit=f"sha{i}", base="base0", branch=f"candidates/t1/c{i:04d}",
                      description=f"change {i}", origin="mutate", state=state, created_at=1000.0 + i, **kw)  # fmt: skip
 
@@ -92,14 +92,14 @@ def test_candidate_roundtrip_and_errors(store):
     with pytest.raises(KeyError):
         store.get_candidate("c9999")
     with pytest.raises(NotFound):
-        store.transition("c9999", [State.PROPOSED], State.QUEUED)
+        store.transition("c9999", [State.FINISHED], State.QUEUED)
     with pytest.raises(StoreError, match="cannot set candidate field"):
         store.update_candidate("c0001", bogus=1)
     with pytest.raises(StoreError, match="unknown candidate state"):
-        store.transition("c0001", ["proposed"], "nirvana")
+        store.transition("c0001", ["finished"], "nirvana")
     store.update_candidate("c0001", description="better", decision={"reason": "x"})
     got = store.get_candidate("c0001")
-    assert got.description == "better" and got.decision == {"reason": "x"} and got.state == "proposed"
+    assert got.description == "better" and got.decision == {"reason": "x"} and got.state == "finished"
     store.update_candidate("c0001", state=State.QUEUED, lines_added=3)
     assert store.get_candidate("c0001").state == "queued" and store.count_by_state()["queued"] == 1
 
@@ -109,11 +109,11 @@ def test_transition_is_compare_and_set(store):
     before = store.get_candidate("c0001")
     assert store.transition("c0001", {State.QUEUED.value, State.RUNNING.value}, State.FINISHED, description="x") is False
     assert store.get_candidate("c0001") == before
-    assert check_state_indexes(store)["proposed"] == 1
-    assert store.transition("c0001", "proposed", State.QUEUED, decision={"why": [1]}, commit="sha1b") is True
+    assert check_state_indexes(store)["finished"] == 1
+    assert store.transition("c0001", "finished", State.QUEUED, decision={"why": [1]}, commit="sha1b") is True
     after = store.get_candidate("c0001")
     assert (after.state, after.commit, after.decision, after.description) == ("queued", "sha1b", {"why": [1]}, "change 1")
-    assert store.count_by_state()["queued"] == 1 and store.count_by_state()["proposed"] == 0
+    assert store.count_by_state()["queued"] == 1 and store.count_by_state()["finished"] == 0
 
 
 def test_exactly_one_state_under_random_transitions(store):
@@ -140,7 +140,7 @@ def test_exactly_one_state_under_random_transitions(store):
 
 
 def test_candidates_in_creation_order(store):
-    for i, s in [(3, "queued"), (1, "proposed"), (2, "queued"), (4, "merged")]:
+    for i, s in [(3, "queued"), (1, "finished"), (2, "queued"), (4, "merged")]:
         store.add_candidate(cand(i, state=s))
     assert [c.id for c in store.candidates()] == ["c0003", "c0001", "c0002", "c0004"]
     assert [c.id for c in store.candidates({"queued", State.MERGED})] == ["c0003", "c0002", "c0004"]

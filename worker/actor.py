@@ -1,6 +1,6 @@
 """The worker: runs one candidate's training at a time on the accelerator it was given.
 
-This is a plain class; `cluster/ray_glue.py` turns it into a Ray actor pinned to one GPU (Ray
+This is a plain class; `cluster/actors/placement.py` turns it into a Ray actor pinned to one GPU (Ray
 sets CUDA_VISIBLE_DEVICES for it) or to some CPUs. It never talks to Redis or git: the controller
 hands it a job and the candidate's files and gets a result back, so a worker on any node of the
 cluster needs nothing but Ray. Caches stay warm between runs (the prepared data in the cache
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from cluster.model import Result, RunStatus
+from worker.contract import Result, RunStatus
 from worker import tripwire
 from worker.runner import RunOutcome, run_training
 from worker.summary import is_valid

@@ -2,7 +2,7 @@
 
 :func:`run_training` is what the worker's Ray actor calls for each job. It owns the process
 from start to finish: scrubbed environment, containment (:mod:`worker.sandbox`), the wall-clock
-deadline, cancellation, the log, and the verdict (a :class:`cluster.model.RunStatus` value).
+deadline, cancellation, the log, and the verdict (a :class:`worker.contract.RunStatus` value).
 
 Choices and trade-offs
 ----------------------
@@ -57,7 +57,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.model import RunStatus
+from worker.contract import RunStatus
 from worker.sandbox import DEFAULT_ALLOW, scrubbed_env, start_sandboxed
 from worker.summary import is_valid, parse_summary
 

@@ -100,7 +100,6 @@ from typing import IO, Any
 
 import psutil
 
-from cluster.errors import FarmError
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +138,7 @@ _LO_UP = "ip link set lo up 2>/dev/null; "
 IN_ACCESS, IN_OPEN, IN_Q_OVERFLOW = 0x1, 0x20, 0x4000  # <sys/inotify.h>
 
 
-class SandboxError(FarmError):
+class SandboxError(RuntimeError):
     """A requested containment layer is not available on this machine."""
 
 

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .errors import FarmError
+from cluster.errors import FarmError
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def submit_run(address: str | None, repo: Path | str, run_args: list[str], *, ta
     if given and tag and given != tag:
         raise FarmError(f"two tags given ({tag!r} and --tag {given!r}); pass one")
     if not (tag or given):
-        from .farm import default_tag
+        from cluster.launch import default_tag
 
         tag = default_tag()
     tag = _checked("tag", tag or given)

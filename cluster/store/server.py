@@ -37,7 +37,7 @@ import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
-from .errors import StoreError
+from cluster.errors import StoreError
 
 log = logging.getLogger(__name__)
 

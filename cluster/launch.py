@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import FarmConfig
-from .errors import FarmError, RepoError
-from .redis_server import EmbeddedRedis, check_exposure, connect
-from .repo import FarmRepo
-from .store import Store
+from cluster.config import FarmConfig
+from cluster.errors import FarmError, RepoError
+from cluster.store.server import EmbeddedRedis, check_exposure, connect
+from cluster.repo import FarmRepo
+from cluster.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +124,12 @@ def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], N
              ray_address: str = "", dashboard: bool = True, metrics_port: int | None = None) -> str:
     """Run the farm until it is done, stopped (Ctrl-C / SIGTERM) or out of time. Returns why it ended.
 
-    The controller loop runs in the actor `<tag>:controller` on this node (see ray_glue); this
+    The controller loop runs in the actor `<tag>:controller` on this node (see cluster.actors); this
     process starts the run's services and actors, prints what the controller reports, passes a
     stop on, and records how the run ended."""
     import ray
 
-    from . import ray_glue
+    from cluster.actors import controller as controller_actor, placement, proposer as proposer_actor
 
     with ExitStack() as stack:
         ctx = open_run(cfg, stack, keep_alive=True)
@@ -144,18 +144,18 @@ def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], N
             else:
                 raise RepoError(f"run tag {ctx.tag} already exists (branch autoresearch/{ctx.tag}); "
                                 f"pass --resume to continue it or choose another --tag")
-        started_ray = ray_glue.init_ray(ray_address, dashboard=dashboard, metrics_port=metrics_port)
+        started_ray = placement.init_ray(ray_address, dashboard=dashboard, metrics_port=metrics_port)
         if started_ray:
             stack.callback(ray.shutdown)
-        gpu = ray_glue.uses_gpus(cfg)
+        gpu = placement.uses_gpus(cfg)
         profile = cfg.proposer.profile if cfg.proposer.profile != "auto" else ("gpu" if gpu else "cpu")
-        workers = ray_glue.start_workers(cfg, ctx.tag, str(ctx.run_dir.resolve() / "workers"))
-        stack.callback(ray_glue.stop_workers, workers)
-        proposer = ray_glue.start_proposer(cfg, ctx.tag, profile, *_proposer_inputs(cfg, ctx, report))
-        stack.callback(ray_glue.kill_actors, [proposer])
-        ctrl, where = ray_glue.start_controller(cfg, ctx.tag, str(ctx.repo_path), ctx.redis_url,
+        workers = placement.start_workers(cfg, ctx.tag, str(ctx.run_dir.resolve() / "workers"))
+        stack.callback(placement.stop_workers, workers)
+        proposer = proposer_actor.start_proposer(cfg, ctx.tag, profile, *_proposer_inputs(cfg, ctx, report))
+        stack.callback(placement.kill_actors, [proposer])
+        ctrl, where = controller_actor.start_controller(cfg, ctx.tag, str(ctx.repo_path), ctx.redis_url,
                                                 str(ctx.run_dir.resolve()), workers, proposer)
-        stack.callback(ray_glue.kill_actors, [ctrl])
+        stack.callback(placement.kill_actors, [ctrl])
         stops: list[int] = []
 
         def request_stop(signum, frame):

@@ -17,12 +17,12 @@ import ray
 
 from proposer.base import History, Outcome, Proposal, fingerprint
 
-from .errors import PatchError, StoreError
-from .model import Candidate, Purpose, RunStatus, State
-from .repo import RebaseStatus, candidate_branch
+from cluster.errors import PatchError, StoreError
+from cluster.records import PENDING_STATES, Candidate, Purpose, RunStatus, State, values
+from cluster.repo import RebaseStatus, candidate_branch
 
 if TYPE_CHECKING:
-    from .controller import Controller
+    from cluster.loop.controller import Controller
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ class Intake:
         new, self._seq = c.store.candidates_after(self._seq)
         fresh = {x.id for x in new}
         self._seen.update((x.id, x) for x in new)
-        by_state = c.store.ids_by_state(_PENDING)
+        by_state = c.store.ids_by_state(values(PENDING_STATES))
         pending_now = {i for ids in by_state.values() for i in ids}
         left = {i for i in self._pending if i not in pending_now}
         for cand in c.store.get_candidates(sorted((left | self._reread) - fresh)):
@@ -323,7 +323,6 @@ def _message(p: Proposal, cid: str) -> str:
     return f"{p.description}\n\nFarm-Candidate: {cid}\nFarm-Origin: {p.origin}\n"
 
 
-_PENDING = (State.PROPOSED.value, State.QUEUED.value, State.RUNNING.value, State.FINISHED.value)
 
 
 def _creation(cid: str) -> tuple[int, str]:

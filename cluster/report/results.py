@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from .model import Candidate, Result, RunStatus, State
-from .store import Store
+from cluster.records import Candidate, Result, RunStatus, State
+from cluster.store import Store
 
 TSV_COLUMNS = ["commit", "val_bpb", "memory_gb", "status", "description"]
 

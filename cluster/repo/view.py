@@ -36,7 +36,7 @@ from pathlib import Path
 import git
 from gitdb import IStream, LooseObjectDB
 
-from .errors import PatchError, RepoError
+from cluster.errors import PatchError, RepoError
 
 log = logging.getLogger(__name__)
 

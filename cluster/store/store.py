@@ -49,8 +49,8 @@ from typing import Any
 
 import redis
 
-from .errors import StoreError
-from .model import Candidate, Job, Result, State
+from cluster.errors import StoreError
+from cluster.records import Candidate, Job, Result, State
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.model import Candidate, Purpose, Result, RunStatus
+from cluster.records import Candidate, Purpose, Result, RunStatus
 
 ACTIONS = ("merge", "discard", "confirm", "rebase", "measure_line", "wait")
 

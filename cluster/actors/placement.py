@@ -1,4 +1,4 @@
-"""Ray glue: connect to (or start) a cluster, and place the farm's actors on it.
+"""Placement: connect to (or start) a Ray cluster, and place the farm's workers on it.
 
 Actors are named under the namespace `autoresearch-farm` so the Ray dashboard's actor list reads
 as the farm: `<tag>:proposer`, `<tag>:controller` (the controller loop and its judge, pinned to the
@@ -11,17 +11,15 @@ ran) comes back on the same GPU under the same name. Only a node that dies moves
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import threading
-from dataclasses import dataclass
 from typing import Any
 
 import ray
 
-from .config import FarmConfig
-from .errors import FarmError
+from cluster.config import FarmConfig
+from cluster.errors import FarmError
+from cluster.loop.fleet import WorkerSlot
 
 log = logging.getLogger(__name__)
 
@@ -72,21 +70,14 @@ _GROUP_OF: dict[str, Any] = {}
 _MEMBERS: dict[str, set[str]] = {}
 
 
-@dataclass
-class WorkerSlot:
-    name: str  # where it runs, `<node-ip>:gpu<k>`; its actor is `<tag>:<name>`
-    handle: Any  # ray.actor.ActorHandle
-    info: dict[str, Any]
-
-
-def _node() -> dict[str, Any]:
+def node_here() -> dict[str, Any]:
     """The node this task or actor runs on."""
     return {"node_ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id()}
 
 
 def _where() -> dict[str, Any]:
     """Where this task runs: the node and the GPUs Ray gave it (its bundle's)."""
-    return {**_node(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+    return {**node_here(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
 
 def worker_names(places: list[dict[str, Any]]) -> list[str]:
@@ -187,113 +178,6 @@ def start_workers(cfg: FarmConfig, tag: str, work_root: str) -> list[WorkerSlot]
 def stop_workers(slots: list[WorkerSlot]) -> None:
     """End the workers and give back their placement group's GPUs and CPUs."""
     kill_actors([s.handle for s in slots])
-
-
-class ProposerActor:
-    """Holds a proposer policy in its own process, so slow proposers (LLMs) never stall the loop."""
-
-    def __init__(self, kind: str, settings: dict[str, Any], secrets: dict[str, str] | None = None):
-        from proposer import make_proposer
-
-        # an API key arrives as an argument, not in the runtime_env, which the dashboard displays
-        os.environ.update(secrets or {})
-        self.policy = make_proposer(kind, settings)
-
-    def propose(self, n: int, history: Any) -> list[Any]:
-        return self.policy.propose(n, history)
-
-    def repair(self, meta: dict[str, Any], source: str, log_tail: str, tried: set[str]) -> Any:
-        """A fix for a crashed candidate, from proposers that can make one (else None)."""
-        fix = getattr(self.policy, "repair", None)
-        return fix(meta, source, log_tail, tried) if fix else None
-
-    def status(self) -> dict[str, Any]:
-        return {"last_error": getattr(self.policy, "last_error", None),
-                "usage": dict(getattr(getattr(self.policy, "primary", self.policy), "usage", {}) or {})}
-
-
-def start_proposer(cfg: FarmConfig, tag: str, profile: str, program: str = "",
-                   files: dict[str, str] | None = None) -> Any:
-    """The proposer actor. The LLM's API key goes to it alone (never to workers, never into a
-    record), from the driver's environment, since an actor on another node does not inherit it."""
-    settings = dataclasses.asdict(cfg.proposer)
-    settings.update(profile=profile, editable=cfg.run.editable, program=program, files=files or {},
-                    near_miss_bpb=cfg.judge.default_noise)
-    options: dict[str, Any] = {"name": f"{tag}:proposer", "num_cpus": 0, "namespace": NAMESPACE, "max_restarts": -1}
-    key = os.environ.get(cfg.proposer.api_key_env, "")
-    secrets = {cfg.proposer.api_key_env: key} if key else {}
-    return ray.remote(ProposerActor).options(**options).remote(cfg.proposer.kind, settings, secrets)
-
-
-class ControllerActor:
-    """The controller loop (dispatch, collect, judge, merge) in an actor of its own, `<tag>:controller`.
-
-    It opens the run's repository, run directory and store itself, so it must run on the node that
-    holds them: `start_controller` pins it to the driver's node. Its `run` call holds one thread for
-    the whole run; `stop`, `lines` and `where` answer from others meanwhile. The driver prints the
-    lines the loop reports as they come (a `lines` call waits for the next) and asks it to `stop`
-    on Ctrl-C or SIGTERM."""
-
-    def __init__(self, cfg: FarmConfig, tag: str, repo_path: str, redis_url: str, run_dir: str,
-                 workers: list[WorkerSlot], proposer: Any):
-        from pathlib import Path
-
-        from .controller import Controller
-        from .redis_server import connect
-        from .repo import FarmRepo
-        from .store import Store
-
-        self._lines: list[str] = []
-        self._new_line = threading.Condition()
-        self.repo = FarmRepo(Path(repo_path), editable=cfg.run.editable, frozen=tuple(cfg.run.frozen))
-        self.r = connect(redis_url)
-        store = Store(self.r, tag, prefix=cfg.store.prefix)
-        self.ctrl = Controller(cfg, tag, store, self.repo, workers, proposer, Path(run_dir), report=self._report)
-
-    def _report(self, line: str) -> None:
-        with self._new_line:
-            self._lines.append(line)
-            self._new_line.notify_all()
-
-    def where(self) -> dict[str, Any]:
-        return {**_node(), "pid": os.getpid()}
-
-    def run(self, resume: bool) -> str:
-        """Start (or resume) the run, step until it ends, then stop cleanly; returns why it ended."""
-        try:
-            self.ctrl.start(resume)
-            why = self.ctrl.run()
-        finally:
-            self.ctrl.shutdown()
-        self._report(self.ctrl.progress_line())
-        return why
-
-    def stop(self) -> None:
-        self.ctrl.stop_requested = True
-
-    def lines(self, wait_s: float = 0.0) -> list[str]:
-        """The lines reported since the last call, waiting up to wait_s for one when there are none."""
-        with self._new_line:
-            if not self._lines and wait_s > 0:
-                self._new_line.wait(wait_s)
-            out, self._lines = self._lines, []
-        return out
-
-
-def start_controller(cfg: FarmConfig, tag: str, repo_path: str, redis_url: str, run_dir: str,
-                     workers: list[WorkerSlot], proposer: Any) -> tuple[Any, dict[str, Any]]:
-    """The controller actor, on this (the driver's) node, and where it runs (node, pid)."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-    try:
-        handle = ray.remote(ControllerActor).options(
-            name=f"{tag}:controller", namespace=NAMESPACE, get_if_exists=False, num_cpus=0, max_restarts=0,
-            max_concurrency=4, scheduling_strategy=here,
-        ).remote(cfg, tag, repo_path, redis_url, run_dir, workers, proposer)
-    except ValueError as e:  # the name is taken: this run's controller already runs on this cluster
-        raise FarmError(f"run {tag} already has a controller on this Ray cluster ({e}); stop it first") from None
-    return handle, ray.get(handle.where.remote(), timeout=120)
 
 
 def kill_actors(handles: list[Any]) -> None:

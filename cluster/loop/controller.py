@@ -33,20 +33,20 @@ from typing import Any, Callable
 
 import ray
 
-from . import judge as judge_policy
-from .config import FarmConfig
-from .errors import FencedWrite
-from .metrics import FarmMetrics
-from .intake import Intake
-from .model import Candidate, Job, Purpose, Result, RunStatus, State
-from .ray_glue import WorkerSlot
-from .repo import FarmRepo, RebaseStatus
-from .store import Store
+from cluster.loop import judge as judge_policy
+from cluster.config import FarmConfig
+from cluster.errors import FencedWrite
+from cluster.loop.metrics import FarmMetrics
+from cluster.loop.intake import Intake
+from cluster.records import FINAL_STATES, PENDING_STATES, Candidate, Job, Purpose, Result, RunStatus, State, values
+from cluster.loop.fleet import WorkerSlot
+from cluster.repo import FarmRepo, RebaseStatus
+from cluster.store import Store
 
 log = logging.getLogger(__name__)
 
-PENDING = (State.PROPOSED.value, State.QUEUED.value, State.RUNNING.value)
-FINAL = (State.MERGED.value, State.DISCARDED.value, State.STALE.value, State.FAILED.value)
+PENDING = values(PENDING_STATES)
+JUDGED = values(FINAL_STATES - {State.INVALID})  # experiments that ended (a refused patch never ran)
 POLL_S = 0.2
 REPORT_S = 10.0  # seconds between progress lines
 GAUGES_S = 2.0  # seconds between refreshes of the metric gauges
@@ -174,7 +174,7 @@ class Controller:
         if self.inflight:
             return None  # both endings below need every worker idle: no need to ask Redis
         counts = self.store.count_by_state()
-        pending = sum(counts.get(s, 0) for s in PENDING) + counts.get(State.FINISHED.value, 0)
+        pending = sum(counts.get(s, 0) for s in PENDING)
         limit = self.cfg.run.max_experiments
         if limit and self._experiments(counts) >= limit and pending == 0 and not self.inflight:
             return f"{limit} experiments done"
@@ -276,7 +276,7 @@ class Controller:
 
     def _fail_candidate(self, cid: str, reason: str) -> None:
         self.metrics.decision("fail")
-        self.store.transition(cid, PENDING + (State.FINISHED.value,), State.FAILED.value,
+        self.store.transition(cid, PENDING, State.FAILED.value,
                               decision={"action": "fail", "reason": reason})
         self.report(f"{cid} failed: {reason}")
 
@@ -574,9 +574,9 @@ class Controller:
         counts = self.store.count_by_state()
         if not self._baseline_judged:
             cid = (self.store.run_meta() or {}).get("baseline_cand")
-            self._baseline_judged = bool(cid) and self.store.get_candidate(cid).state in FINAL
+            self._baseline_judged = bool(cid) and self.store.get_candidate(cid).state in JUDGED
         merged = counts.get(State.MERGED.value, 0) - self._baseline_judged
-        done = sum(counts.get(s, 0) for s in FINAL) - self._baseline_judged
+        done = sum(counts.get(s, 0) for s in JUDGED) - self._baseline_judged
         best, base = g["best"], g["baseline"]
         best_s = f"best {best:.6f}" if best else "best -"
         if best and base:

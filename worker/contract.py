@@ -1,17 +1,9 @@
-"""Records of the farm, as stored in Redis (JSON, never pickle) and passed between roles.
+"""What a worker is given and what it gives back: the records that cross the wire between the
+control plane and a worker, stored in Redis as JSON (never pickle) so any tool can read them.
 
-A *candidate* is one proposed commit of the target repository: a change of the editable file
-on top of a main-line commit (its *base*). A *job* is one measurement of one candidate's commit
-by one worker (the baseline and confirmations are measured several times). A *result* is what a
-worker reports for one attempt of a job.
-
-Candidate life cycle (every transition is atomic in the store)::
-
-    proposed -> queued -> running -> finished -> merged | discarded
-                  ^          |           |
-                  |          +-(lost)----+-> queued (new attempt, or a confirmation run)
-                  +-- rebased onto a new main line (stale on conflict)
-    any pending state -> stale (rebase conflict) ; running -> failed (poison: too many lost attempts)
+A *job* is one measurement of one candidate's commit by one worker (the baseline and
+confirmations are measured several times). A *result* is what a worker reports for one attempt of
+a job. The worker imports nothing of the control plane: these records are its whole contract.
 """
 
 from __future__ import annotations
@@ -21,25 +13,6 @@ import json
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
-
-
-class State(str, Enum):
-    PROPOSED = "proposed"  # branch written, not yet in the queue
-    QUEUED = "queued"  # waiting for a worker (a measurement or a confirmation)
-    RUNNING = "running"  # leased to a worker
-    FINISHED = "finished"  # measured, waiting for the judge
-    MERGED = "merged"  # its commit is on the main line
-    DISCARDED = "discarded"  # judged: no real improvement (or crashed)
-    STALE = "stale"  # could not be rebased onto the new main line
-    FAILED = "failed"  # the infrastructure lost it too many times (poison candidate)
-    INVALID = "invalid"  # the patch was refused before any GPU time was spent
-
-    @property
-    def final(self) -> bool:
-        return self in FINAL_STATES
-
-
-FINAL_STATES = frozenset({State.MERGED, State.DISCARDED, State.STALE, State.FAILED, State.INVALID})
 
 
 class RunStatus(str, Enum):
@@ -58,7 +31,10 @@ class Purpose(str, Enum):
     CONFIRM = "confirm"  # a re-run of an apparent winner before it merges
 
 
-class _Record:
+class Record:
+    """A dataclass stored as JSON: enums as their values, unknown keys ignored on load (so a
+    record written by a newer farm still reads)."""
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)  # type: ignore[call-overload]
         for k, v in d.items():
@@ -80,24 +56,7 @@ class _Record:
 
 
 @dataclass
-class Candidate(_Record):
-    id: str  # "c0001"; the baseline is "c0000"
-    commit: str  # sha of the tree to measure
-    base: str  # main-line sha this commit sits on
-    branch: str  # e.g. "candidates/<tag>/c0001"
-    description: str
-    origin: str  # baseline | mutate | llm | agent | human | combine | rebase
-    state: str = State.PROPOSED.value
-    parent: str | None = None  # candidate it was derived from (rebase, combination, repair)
-    lines_added: int = 0
-    lines_removed: int = 0
-    created_at: float = 0.0
-    decision: dict[str, Any] | None = None  # the judge's last decision, with reason and numbers
-    meta: dict[str, Any] = field(default_factory=dict)  # proposer-specific (mutation, tokens, ...)
-
-
-@dataclass
-class Job(_Record):
+class Job(Record):
     id: str  # "j000123"
     cand: str
     commit: str
@@ -110,7 +69,7 @@ class Job(_Record):
 
 
 @dataclass
-class Result(_Record):
+class Result(Record):
     job: str
     cand: str
     commit: str

@@ -1,0 +1,48 @@
+"""The proposer actor, `<tag>:proposer`: a proposer policy in a process of its own."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import ray
+
+from cluster.actors.placement import NAMESPACE
+from cluster.config import FarmConfig
+
+
+class ProposerActor:
+    """Holds a proposer policy in its own process, so slow proposers (LLMs) never stall the loop."""
+
+    def __init__(self, kind: str, settings: dict[str, Any], secrets: dict[str, str] | None = None):
+        from proposer import make_proposer
+
+        # an API key arrives as an argument, not in the runtime_env, which the dashboard displays
+        os.environ.update(secrets or {})
+        self.policy = make_proposer(kind, settings)
+
+    def propose(self, n: int, history: Any) -> list[Any]:
+        return self.policy.propose(n, history)
+
+    def repair(self, meta: dict[str, Any], source: str, log_tail: str, tried: set[str]) -> Any:
+        """A fix for a crashed candidate, from proposers that can make one (else None)."""
+        fix = getattr(self.policy, "repair", None)
+        return fix(meta, source, log_tail, tried) if fix else None
+
+    def status(self) -> dict[str, Any]:
+        return {"last_error": getattr(self.policy, "last_error", None),
+                "usage": dict(getattr(getattr(self.policy, "primary", self.policy), "usage", {}) or {})}
+
+
+def start_proposer(cfg: FarmConfig, tag: str, profile: str, program: str = "",
+                   files: dict[str, str] | None = None) -> Any:
+    """The proposer actor. The LLM's API key goes to it alone (never to workers, never into a
+    record), from the driver's environment, since an actor on another node does not inherit it."""
+    settings = dataclasses.asdict(cfg.proposer)
+    settings.update(profile=profile, editable=cfg.run.editable, program=program, files=files or {},
+                    near_miss_bpb=cfg.judge.default_noise)
+    options: dict[str, Any] = {"name": f"{tag}:proposer", "num_cpus": 0, "namespace": NAMESPACE, "max_restarts": -1}
+    key = os.environ.get(cfg.proposer.api_key_env, "")
+    secrets = {cfg.proposer.api_key_env: key} if key else {}
+    return ray.remote(ProposerActor).options(**options).remote(cfg.proposer.kind, settings, secrets)
