@@ -23,6 +23,7 @@ Prepare the data first (``python prepare.py``). Examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -41,6 +42,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from worker.actor import Worker
+from worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parent.parent
 STEP_LINE = re.compile(r"^step (\d+) \|.*?\| ([\d,]+) tok/s")
@@ -100,7 +102,7 @@ def steady_rate(rates: list[float]) -> float | None:
 
 
 def measure(worker: Worker, files: dict[str, bytes], index: int, budget: float) -> dict[str, Any]:
-    worker.settings["budget"] = budget
+    worker.settings = dataclasses.replace(worker.settings, budget=budget)
     job = {"id": f"run{index}", "cand": "bench", "commit": "HEAD", "attempt": 1, "purpose": "measure"}
     log_path = worker.root / "logs" / f"bench-run{index}-a1.log"
     t0 = time.time()
@@ -160,12 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.work_root or tempfile.mkdtemp(prefix="arf-train-bench-"))
     for cache in ("inductor-cache", "triton-cache"):  # run 1 must be a cold start
         shutil.rmtree(root / "bench" / cache, ignore_errors=True)
-    worker = Worker({
-        "name": "bench", "work_root": str(root), "command": ["python", "train.py"], "prepare_command": [],
-        "budget": args.budget, "grace": args.grace, "cache_dir": "", "isolate_network": not args.no_netns,
-        "env": dict(kv.split("=", 1) for kv in args.env), "cpu_threads": args.threads, "device": "", "frozen": ["prepare.py"],
-        "trusted_eval": not args.no_trusted_eval,
-    })
+    worker = Worker(WorkerSettings(
+        name="bench", work_root=str(root), command=["python", "train.py"], prepare_command=[],
+        budget=args.budget, grace=args.grace, cache_dir="", isolate_network=not args.no_netns,
+        env=dict(kv.split("=", 1) for kv in args.env), cpu_threads=args.threads, device="", frozen=["prepare.py"],
+        trusted_eval=not args.no_trusted_eval,
+    ))
     files = {name: (REPO / name).read_bytes() for name in ("train.py", "prepare.py")}
     report: dict[str, Any] = {"machine": machine(), "accelerator": worker.accelerator, "rows": []}
     print(f"machine: {report['machine']}", flush=True)

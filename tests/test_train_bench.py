@@ -47,8 +47,8 @@ def test_rows_and_headline_report_overhead_against_the_budget():
 
 def test_worker_runs_outside_ray_without_importing_it(tmp_path):
     # the GPU machines the benchmark runs on may have no Ray: the Worker must not need it
-    code = ("import sys; from worker.actor import Worker; "
-            "w = Worker({'name': 'w', 'work_root': sys.argv[1], 'command': [], 'budget': 1, 'grace': 1}); "
+    code = ("import sys; from worker.actor import Worker; from worker.settings import WorkerSettings; "
+            "w = Worker(WorkerSettings(name='w', work_root=sys.argv[1], command=[], budget=1, grace=1)); "
             "print(w.info()['gpu_ids'], 'ray' in sys.modules)")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "1,3"}
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True)

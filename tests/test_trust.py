@@ -21,6 +21,7 @@ import pytest
 
 from worker.actor import Worker
 from worker.sandbox import hiding_available
+from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.trust
@@ -90,10 +91,10 @@ def cache(tmp_path_factory):
 
 
 def run(tmp: Path, cache: Path, train_source: str, budget: float = 2.0, **settings) -> dict:
-    w = Worker({"name": "w0", "work_root": str(tmp / "work"), "command": ["python", "train.py"],
-                "prepare_command": [], "budget": budget, "grace": 120.0, "cache_dir": str(cache),
-                "isolate_network": False, "env": dict(KNOBS), "cpu_threads": 1, "device": "cpu",
-                "frozen": ["prepare.py"], "trusted_eval": True, **settings})
+    w = Worker(WorkerSettings(**{"name": "w0", "work_root": str(tmp / "work"), "command": ["python", "train.py"],
+                                 "prepare_command": [], "budget": budget, "grace": 120.0, "cache_dir": str(cache),
+                                 "isolate_network": False, "env": dict(KNOBS), "cpu_threads": 1, "device": "cpu",
+                                 "frozen": ["prepare.py"], "trusted_eval": True, **settings}))
     files = {"train.py": train_source.encode(), "prepare.py": (ROOT / "prepare.py").read_bytes()}
     job = {"id": "j1", "cand": "c1", "commit": "abc", "attempt": 1, "purpose": "measure"}
     out = w.run(job, files, harness_digest="d")

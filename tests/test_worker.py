@@ -10,16 +10,17 @@ from pathlib import Path
 
 from worker.actor import ORPHAN_MARKER, Worker, python_command, reap_orphans
 from worker.sandbox import start_sandboxed
+from worker.settings import WorkerSettings
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def settings(tmp: Path, **kw) -> dict:
+def settings(tmp: Path, **kw) -> WorkerSettings:
     base = {"name": "w0", "work_root": str(tmp / "work"), "command": ["python", "train.py"], "prepare_command": [],
             "budget": 2.0, "grace": 20.0, "cache_dir": "", "isolate_network": False, "env": {},
             "cpu_threads": 1, "device": "cpu"}
     base.update(kw)
-    return base
+    return WorkerSettings(**base)
 
 
 def test_runs_a_candidate_from_its_files_and_reports_the_summary(tmp_path):

@@ -21,11 +21,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from worker.contract import Result, RunStatus
 from worker import tripwire
 from worker.runner import RunOutcome, run_training
+from worker.settings import WorkerSettings
 from worker.summary import is_valid
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def frozen_tampering(run_dir: Path, files: dict[str, bytes], frozen: Iterable[st
     return f"cheat: {'; '.join(changed)} during the run" if changed else None
 
 
-def python_command(cmd: list[str]) -> list[str]:
+def python_command(cmd: Sequence[str]) -> list[str]:
     """`python` in a command means the interpreter the farm runs under (a venv need not be on PATH)."""
     if cmd and cmd[0] in ("python", "python3"):
         return [sys.executable, *cmd[1:]]
@@ -132,13 +133,12 @@ def python_command(cmd: list[str]) -> list[str]:
 
 
 class Worker:
-    """settings: name, work_root, command, prepare_command, budget, grace, cache_dir,
-    isolate_network, env, cpu_threads (0 = leave torch's default), device ('' or 'cpu')."""
+    """One worker, configured by its :class:`~worker.settings.WorkerSettings`."""
 
-    def __init__(self, settings: dict[str, Any]):
-        self.settings = dict(settings)
-        self.name = settings["name"]
-        self.root = Path(settings["work_root"]).expanduser() / self.name
+    def __init__(self, settings: WorkerSettings):
+        self.settings = settings
+        self.name = settings.name
+        self.root = Path(settings.work_root).expanduser() / self.name
         self.root.mkdir(parents=True, exist_ok=True)
         self.orphans_killed = reap_orphans(self.root)
         self._cancel = threading.Event()
@@ -166,17 +166,17 @@ class Worker:
 
     def _env(self) -> dict[str, str]:
         s = self.settings
-        env = {"AUTORESEARCH_TIME_BUDGET": str(s["budget"]), "PYTHONUNBUFFERED": "1", ORPHAN_MARKER: str(self.root)}
-        env.update(s.get("env") or {})
-        if s.get("cache_dir"):
-            env["AUTORESEARCH_CACHE"] = str(Path(s["cache_dir"]).expanduser())
+        env = {"AUTORESEARCH_TIME_BUDGET": str(s.budget), "PYTHONUNBUFFERED": "1", ORPHAN_MARKER: str(self.root)}
+        env.update(s.env or {})
+        if s.cache_dir:
+            env["AUTORESEARCH_CACHE"] = str(Path(s.cache_dir).expanduser())
         # compile caches survive between runs of this worker (warm start-up)
         env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.root / "inductor-cache"))
         env.setdefault("TRITON_CACHE_DIR", str(self.root / "triton-cache"))
-        if s.get("device"):
-            env["AUTORESEARCH_DEVICE"] = s["device"]
-        if s.get("cpu_threads"):
-            env["OMP_NUM_THREADS"] = str(int(s["cpu_threads"]))
+        if s.device:
+            env["AUTORESEARCH_DEVICE"] = s.device
+        if s.cpu_threads:
+            env["OMP_NUM_THREADS"] = str(int(s.cpu_threads))
         if self._gpu_ids:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self._gpu_ids)
         return env
@@ -184,7 +184,7 @@ class Worker:
     def prepare(self, files: dict[str, bytes], digest: str) -> dict[str, Any]:
         """Run the prepare command once per distinct frozen harness (a no-op when data is cached).
         A file lock serialises workers of one node that share a cache directory."""
-        if self._prepared_digest == digest or not self.settings.get("prepare_command"):
+        if self._prepared_digest == digest or not self.settings.prepare_command:
             self._prepared_digest = digest
             return {"prepared": False}
         where = self.root / "prepare"
@@ -199,7 +199,7 @@ class Worker:
         with open(cache / ".farm-prepare.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             proc = subprocess.run(
-                python_command(self.settings["prepare_command"]), cwd=where, env=env,
+                python_command(self.settings.prepare_command), cwd=where, env=env,
                 capture_output=True, text=True,
             )
         if proc.returncode != 0:
@@ -209,8 +209,9 @@ class Worker:
         return {"prepared": True, "seconds": time.time() - t0}
 
     def cache_dir(self) -> Path:
-        """The data cache train.py reads, resolved as prepare.py resolves CACHE_DIR."""
-        configured = self.settings.get("cache_dir") or os.environ.get("AUTORESEARCH_CACHE", "").strip()
+        """The data cache train.py reads, resolved as prepare.py resolves CACHE_DIR: the configured
+        cache_dir, else $AUTORESEARCH_CACHE, else $XDG_CACHE_HOME/autoresearch (~/.cache/autoresearch)."""
+        configured = self.settings.cache_dir or os.environ.get("AUTORESEARCH_CACHE", "").strip()
         if configured:
             return Path(configured).expanduser()
         return Path(os.environ.get("XDG_CACHE_HOME", "").strip() or "~/.cache").expanduser() / "autoresearch"
@@ -254,8 +255,8 @@ class Worker:
         out = eval_dir / "verdict.json"
         ev = run_training(
             python_command(["python", EVAL_SCRIPT, "--weights", str(weights), "--out", str(out)]), eval_dir,
-            log_path=log_path, budget_s=0.0, grace_s=float(s["grace"]), env_extra=self._env(),
-            isolate_network=bool(s.get("isolate_network")), cancel=self._cancel,
+            log_path=log_path, budget_s=0.0, grace_s=float(s.grace), env_extra=self._env(),
+            isolate_network=bool(s.isolate_network), cancel=self._cancel,
             readonly=[p for p in [self.cache_dir() / "tokenized"] if p.is_dir()],
         )
         try:
@@ -264,7 +265,7 @@ class Worker:
             verdict = None
         shutil.rmtree(eval_dir, ignore_errors=True)
         if ev.reason == "cancelled" or ev.status == RunStatus.TIMEOUT.value:
-            why = "cancelled" if ev.reason == "cancelled" else f"the trusted evaluation ran past {s['grace']:g} s"
+            why = "cancelled" if ev.reason == "cancelled" else f"the trusted evaluation ran past {s.grace:g} s"
             return ev.status, why, None, ev.log_tail
         if not isinstance(verdict, dict):
             return (RunStatus.CRASH.value, f"the trusted evaluation failed ({ev.reason or 'no verdict'}); "
@@ -293,12 +294,12 @@ class Worker:
         log_path = self.root / "logs" / f"{job['cand']}-{job['id']}-a{job['attempt']}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.time()
-        trusted = bool(s.get("trusted_eval"))
-        editable = s.get("editable") or "train.py"
+        trusted = bool(s.trusted_eval)
+        editable = s.editable or "train.py"
         weights = self.root / "handoff" / f"{job['id']}-a{job['attempt']}.pt"  # outside the run dir
         env = self._env()
         data_before = self.data_state() if trusted else {}
-        scan = trusted and s.get("tripwire", True) and editable in files  # tests turn it off to reach the layers behind
+        scan = trusted and s.tripwire and editable in files  # tests turn it off to reach the layers behind
         warning = tripwire.check(files[editable].decode("utf-8", "replace")) if scan else None
         if warning:  # refused before it runs: no GPU time spent on it
             with open(log_path, "ab") as f:
@@ -311,18 +312,18 @@ class Worker:
                 weights.unlink(missing_ok=True)
                 env[HANDOFF_ENV] = str(weights)
             outcome = run_training(
-                python_command(s["command"]), run_dir,
-                log_path=log_path, budget_s=float(s["budget"]), grace_s=float(s["grace"]),
-                env_extra=env, isolate_network=bool(s.get("isolate_network")), cancel=self._cancel,
+                python_command(s.command), run_dir,
+                log_path=log_path, budget_s=float(s.budget), grace_s=float(s.grace),
+                env_extra=env, isolate_network=bool(s.isolate_network), cancel=self._cancel,
                 hide=self.hidden_paths() if trusted else (),
-                disk_quota_bytes=int(s["disk_quota_gb"] * 2**30) if s.get("disk_quota_gb") else None,
+                disk_quota_bytes=int(s.disk_quota_gb * 2**30) if s.disk_quota_gb else None,
                 readonly=[p for p in [self.cache_dir() / "tokenized"] if trusted and p.is_dir()],
             )
         summary = dict(outcome.summary or {})
         status, reason, tail = outcome.status, outcome.reason, outcome.log_tail
         containment = ",".join(outcome.containment) if not isinstance(outcome.containment, str) else outcome.containment
         train_wall = outcome.wall_seconds
-        tampered = frozen_tampering(run_dir, files, s.get("frozen") or ())
+        tampered = frozen_tampering(run_dir, files, s.frozen or ())
         if tampered:  # whatever it printed, its number cannot be trusted
             status, reason = RunStatus.CHEAT.value, tampered
         elif trusted and status != RunStatus.CHEAT.value:
