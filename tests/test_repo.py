@@ -13,6 +13,7 @@ from cluster.repo import (
     FarmRepo,
     RebaseStatus,
     candidate_branch,
+    candidate_prefix,
     main_branch,
     merge_lines,
 )
@@ -76,6 +77,8 @@ def make_commit(repo: Path, base: str, changes: dict[str, tuple[str, bytes] | No
 def test_names():
     assert main_branch("nov25") == "autoresearch/nov25"
     assert candidate_branch("nov25", "c0007") == "candidates/nov25/c0007"
+    assert candidate_prefix("nov25") == "candidates/nov25/" and candidate_branch("nov25", "c0007").startswith(
+        candidate_prefix("nov25"))
 
 
 def test_not_a_repo(tmp_path: Path):

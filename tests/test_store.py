@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-import cluster.store.store as store_mod
+import cluster.store.keys as store_mod
 from cluster.errors import StoreError
 from cluster.records import Candidate, Job, Result, State
 from cluster.store import KEY_TEMPLATES, NotFound, RunExists, Store

@@ -9,26 +9,16 @@ for a whole proposal round), merges run ``merge-file`` on temp files, patches ``
 against a *temporary* index named by ``GIT_INDEX_FILE``. Nothing checks out, resets, stashes or
 writes the real index, so a user can keep editing (and staging) ``train.py`` while a run of the
 farm goes on in the same repository. Commits are made as "autoresearch-farm" <farm@localhost>;
-no git config is read or written for that.
-
-Branch names (built only by :func:`main_branch` and :func:`candidate_branch`):
-
-* ``autoresearch/<tag>``: the main line of run ``<tag>``; it starts at the repository's current
-  commit and only ever fast-forwards to a winning candidate.
-* ``candidates/<tag>/<id>`` (e.g. ``candidates/nov25/c0007``): one candidate, a single commit on
-  top of a main-line commit that changes only the editable file.
+no git config is read or written for that. Branch names: :mod:`.branches`.
 """
 
 from __future__ import annotations
 
-import difflib
 import io
 import logging
 import os
-import re
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -37,32 +27,15 @@ import git
 from gitdb import IStream, LooseObjectDB
 
 from cluster.errors import PatchError, RepoError
+from cluster.repo.branches import main_branch
+from cluster.repo.changes import as_patch, change_refusal, numstat, patch_paths, touches
+from cluster.repo.merge import merge_lines
+from cluster.repo.objects import (REGULAR_MODES, add_trailer, commit_object, count_lines, tree_entries, tree_entry,
+                                  tree_replace, unified_diff, worktree_branches)
 
 log = logging.getLogger(__name__)
 
-MAIN_PREFIX = "autoresearch"
-CANDIDATE_PREFIX = "candidates"
 DEFAULT_TREE_CAP = 64 * 1024 * 1024
-FARM_IDENTITY = {
-    "GIT_AUTHOR_NAME": "autoresearch-farm",
-    "GIT_AUTHOR_EMAIL": "farm@localhost",
-    "GIT_COMMITTER_NAME": "autoresearch-farm",
-    "GIT_COMMITTER_EMAIL": "farm@localhost",
-}
-REGULAR_MODES = ("100644", "100755")
-SYMLINK_MODE = "120000"
-_TRAILER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*: ")
-_NUMSTAT = re.compile(r"^(\d+|-)\t(\d+|-)\t(.*)$")
-
-
-def main_branch(tag: str) -> str:
-    """Branch name of run ``tag``'s main line."""
-    return f"{MAIN_PREFIX}/{tag}"
-
-
-def candidate_branch(tag: str, cid: str) -> str:
-    """Branch name of candidate ``cid`` of run ``tag``."""
-    return f"{CANDIDATE_PREFIX}/{tag}/{cid}"
 
 
 @dataclass(frozen=True)
@@ -162,7 +135,7 @@ class FarmRepo:
         and (mode, type, sha) of ``path`` in it, or None."""
         trees, parts = [self._root_tree(treeish)], path.split("/")
         for i, name in enumerate(parts):
-            found = _tree_entry(trees[-1], name.encode())
+            found = tree_entry(trees[-1], name.encode())
             if found is None:
                 return trees, None
             mode, sha = found
@@ -187,14 +160,8 @@ class FarmRepo:
         file's content replaced (its mode kept); written without a git process."""
         sha = self._write(b"blob", content)
         for data, name in zip(reversed(trees), reversed(self.editable.split("/"))):
-            sha = self._write(b"tree", _tree_replace(data, name.encode(), sha))
-        when = int(time.time())
-        offset = time.localtime(when).tm_gmtoff
-        tz = f"{'-' if offset < 0 else '+'}{abs(offset) // 3600:02d}{abs(offset) % 3600 // 60:02d}"
-        ident = lambda who: f"{FARM_IDENTITY[f'GIT_{who}_NAME']} <{FARM_IDENTITY[f'GIT_{who}_EMAIL']}> {when} {tz}"
-        body = (f"tree {sha}\nparent {base}\nauthor {ident('AUTHOR')}\ncommitter {ident('COMMITTER')}\n\n"
-                + (message if message.endswith("\n") else message + "\n"))
-        return self._write(b"commit", body.encode("utf-8"))
+            sha = self._write(b"tree", tree_replace(data, name.encode(), sha))
+        return self._write(b"commit", commit_object(sha, base, message))
 
     def _require_editable(self, commit: str) -> tuple[str, str]:
         return self._editable_at(commit)[1:]
@@ -216,13 +183,7 @@ class FarmRepo:
 
     def _checked_out(self) -> dict[str, str]:
         """Branch ref -> worktree path, for every worktree's checked-out branch."""
-        result, where = {}, ""
-        for line in self._git("worktree", "list", "--porcelain").splitlines():
-            if line.startswith("worktree "):
-                where = line[len("worktree "):]
-            elif line.startswith("branch "):
-                result[line[len("branch "):]] = where
-        return result
+        return worktree_branches(self._git("worktree", "list", "--porcelain"))
 
     def _update_ref(self, ref: str, new: str, old: str | None, reason: str) -> tuple[int, str]:
         """``update-ref``; ``old`` '' = must not exist, None = unconditional. (status, stderr)."""
@@ -251,8 +212,8 @@ class FarmRepo:
             if not force and self._run("rev-parse", "--verify", "--quiet", ref)[0] == 0:
                 raise RepoError(f"branch {branch} already exists; refusing to overwrite it")
             raise RepoError(f"could not write branch {branch}: {err}")
-        diff = _unified(self.editable, self._blob(old_blob), content)
-        added, removed = _count(diff)
+        diff = unified_diff(self.editable, self._blob(old_blob), content)
+        added, removed = count_lines(diff)
         log.debug("committed %s on %s as %s (+%d -%d)", branch, base[:12], sha[:12], added, removed)
         return CandidateCommit(sha, added, removed, diff, base, branch)
 
@@ -280,7 +241,7 @@ class FarmRepo:
             raise RepoError(f"unknown revision {rev!r} in {self.path}") from None
 
     def start_main_line(self, tag: str, start: str = "HEAD", *, resume: bool = False) -> str:
-        """Create ``autoresearch/<tag>`` at ``start`` (or with ``resume``, return where it is)."""
+        """Create the main line ``main_branch(tag)`` at ``start`` (or with ``resume``, return where it is)."""
         ref = f"refs/heads/{main_branch(tag)}"
         if not tag or "/" in tag:
             raise RepoError(f"run tag {tag!r} must be a single name without '/' (e.g. nov25)")
@@ -345,8 +306,8 @@ class FarmRepo:
                 out.append(PatchError(f"the proposed {self.editable} is identical to the base {base[:12]}"))
                 continue
             sha = self._write_commit(trees, base, content, message)
-            diff = _unified(self.editable, old, content)
-            out.append(CandidateCommit(sha, *_count(diff), diff, base, branch))
+            diff = unified_diff(self.editable, old, content)
+            out.append(CandidateCommit(sha, *count_lines(diff), diff, base, branch))
             refs.append((f"refs/heads/{branch}", sha))
         if refs:
             status, err = self._create_refs(refs, f"{len(refs)} candidate(s) on {base[:12]}")
@@ -368,10 +329,7 @@ class FarmRepo:
     def apply_diff(self, base: str, diff_text: str) -> str:
         """New text of the editable file after applying a unified diff to ``base``."""
         base = self.resolve(base)
-        lines = [ln for ln in diff_text.splitlines() if not ln.startswith("```")]
-        if not any(ln.startswith(("--- ", "diff --git ")) for ln in lines):  # bare hunks
-            lines = [f"--- a/{self.editable}", f"+++ b/{self.editable}"] + lines
-        text = "\n".join(lines) + "\n"
+        text = as_patch(diff_text, self.editable)
         with tempfile.TemporaryDirectory(prefix="farm-apply-") as d:
             patch = Path(d, "patch.diff")
             patch.write_text(text, "utf-8")
@@ -401,19 +359,9 @@ class FarmRepo:
 
     def _patch_strip(self, patch: str, text: str) -> int:
         """The -p level whose paths are exactly the editable file; PatchError otherwise."""
-        # File headers first, by hand: with --recount, git would read a "--- a/other.py" that
-        # follows a hunk as one of its removed lines.
-        lines, heads = text.splitlines(), []
-        for i, ln in enumerate(lines[:-2]):
-            if ln.startswith("--- ") and lines[i + 1].startswith("+++ ") and lines[i + 2].startswith("@@"):
-                heads += [h.split("\t")[0][4:].strip().strip('"') for h in lines[i:i + 2]]
-        heads = [h for h in heads if h != "/dev/null"]
-        allowed = {self.editable, "a/" + self.editable, "b/" + self.editable}
-        found = [h[2:] if h.startswith(("a/", "b/")) else h for h in heads if h not in allowed]
+        found, order = patch_paths(text, self.editable)
         if found:
-            raise PatchError(self._touches(found))
-        prefixed = any(ln.startswith("diff --git a/") for ln in lines)
-        order = [1, 0] if prefixed or (heads and all(h.startswith(("a/", "b/")) for h in heads)) else [0, 1]
+            raise PatchError(touches(found, self.editable, self.frozen))
         errors: list[str] = []
         for strip in order:
             status, out, err = self._run("apply", "--numstat", "--summary", "--recount",
@@ -421,15 +369,7 @@ class FarmRepo:
             if status:
                 errors.append(err.strip())
                 continue
-            paths, changes = [], []
-            for ln in str(out).splitlines():
-                m = _NUMSTAT.match(ln)
-                if m:
-                    paths.append(m.group(3))
-                    if m.group(1) == "-":
-                        changes.append(f"binary change of {m.group(3)}")
-                elif ln.strip():
-                    changes.append(ln.strip())
+            paths, changes = numstat(str(out))
             if set(paths) == {self.editable}:
                 if changes:
                     raise PatchError(f"the diff may only modify {self.editable}'s content, "
@@ -437,12 +377,8 @@ class FarmRepo:
                 return strip
             found = found or [p for p in paths if p != self.editable]
         if found:
-            raise PatchError(self._touches(found))
+            raise PatchError(touches(found, self.editable, self.frozen))
         raise PatchError(f"not a usable diff of {self.editable}: {errors[0] if errors else 'no file in it'}")
-
-    def _touches(self, paths: list[str]) -> str:
-        named = ", ".join(p + (" (frozen)" if p in self.frozen else "") for p in sorted(set(paths)))
-        return f"the diff touches {named}; only {self.editable} may be changed"
 
     def rebase_candidate(self, commit: str, new_base: str, branch: str,
                          message: str | None = None) -> RebaseOutcome:
@@ -453,8 +389,8 @@ class FarmRepo:
         ancestor = self._blob(self._require_editable(parent)[1])
         if parent == new_base:  # already on it: nothing to rewrite
             self._update_ref(f"refs/heads/{branch}", commit, None, f"candidate {branch}")
-            diff = _unified(self.editable, ancestor, theirs)
-            return RebaseOutcome(RebaseStatus.REBASED, CandidateCommit(commit, *_count(diff), diff,
+            diff = unified_diff(self.editable, ancestor, theirs)
+            return RebaseOutcome(RebaseStatus.REBASED, CandidateCommit(commit, *count_lines(diff), diff,
                                                                        new_base, branch))
         ours = self._blob(self._require_editable(new_base)[1])
         if theirs == ours:
@@ -479,7 +415,7 @@ class FarmRepo:
         if message is None:
             message = self._cat(commit)[2].decode("utf-8", "replace").partition("\n\n")[2]
         if f"Rebased-From: {commit}" not in message:
-            message = _add_trailer(message, "Rebased-From", commit)
+            message = add_trailer(message, "Rebased-From", commit)
         done = self._commit(new_base, merged, message, branch, force=True)
         return RebaseOutcome(RebaseStatus.REBASED, done)
 
@@ -504,41 +440,8 @@ class FarmRepo:
 
     def check_change(self, base: str, commit: str) -> str | None:
         """None if ``commit`` differs from ``base`` only in the editable file's content, else why."""
-        out = self._git("diff-tree", "-r", "-z", "--no-renames", "--raw", base, commit).split("\0")
-        # each change: ([old mode, new mode, old sha, new sha, status], path)
-        changes = [(m[1:].split(), p) for m, p in zip(out[0::2], out[1::2]) if m.startswith(":")]
-        added = {meta[3]: p for meta, p in changes if meta[4] == "A"}
-        renamed = {p: added[meta[2]] for meta, p in changes if meta[4] == "D" and meta[2] in added}
-        reasons, others = [], []
-        for (old_mode, new_mode, _, _, st), path in changes:
-            if path in renamed.values():
-                continue
-            if path == self.editable:
-                if st == "D":
-                    reasons.append(f"{path} was " + (f"renamed to {renamed[path]}" if path in renamed else "deleted"))
-                elif new_mode == SYMLINK_MODE:
-                    reasons.append(f"{path} became a symlink (mode {old_mode} -> {new_mode})")
-                elif new_mode not in REGULAR_MODES:
-                    reasons.append(f"{path} is no longer a regular file (mode {new_mode})")
-                elif old_mode != new_mode:
-                    reasons.append(f"mode change on {path} ({old_mode} -> {new_mode})")
-                continue
-            what = {"A": "added", "D": "deleted", "M": "modified", "T": "type changed"}.get(st, st)
-            if path in renamed:
-                what = f"renamed to {renamed[path]}"
-            elif st != "D" and old_mode != new_mode and st in "MT":
-                what = f"mode change {old_mode} -> {new_mode}"
-            notes = [what]
-            if new_mode == SYMLINK_MODE:
-                notes.append("symlink")
-            if path.rsplit("/", 1)[-1] == ".gitattributes":
-                notes.append("changes git attributes")
-            if path in self.frozen:
-                notes.append("frozen")
-            others.append(f"{path} ({', '.join(notes)})")
-        if others:
-            reasons.append(f"only {self.editable} may change, but so did: {'; '.join(others)}")
-        return "; ".join(reasons) or None
+        raw = self._git("diff-tree", "-r", "-z", "--no-renames", "--raw", base, commit)
+        return change_refusal(raw, self.editable, self.frozen)
 
     def tree_files(self, commit: str, *, max_bytes: int = DEFAULT_TREE_CAP) -> dict[str, bytes]:
         """Every regular file of ``commit`` (path -> bytes), to ship a tree to another node. Read
@@ -546,7 +449,7 @@ class FarmRepo:
         blobs, total, trees = [], 0, [("", self._root_tree(commit))]
         while trees:
             prefix, tree = trees.pop()
-            for _, nul, mode, name in _tree_entries(tree):
+            for _, nul, mode, name in tree_entries(tree):
                 path, sha = prefix + name.decode("utf-8", "surrogateescape"), tree[nul + 1:nul + 21].hex()
                 if mode == "40000":
                     trees.append((path + "/", self._cat(sha)[2]))
@@ -581,85 +484,3 @@ class FarmRepo:
             result[ref.removeprefix("refs/heads/")] = sha
         return result
 
-
-def _edits(a: list[bytes], b: list[bytes]) -> list[tuple[int, int, list[bytes]]]:
-    """The changes turning a into b, as (start, end, replacement) ranges of a's lines."""
-    sm = difflib.SequenceMatcher(None, a, b, autojunk=False)
-    return [(i1, i2, b[j1:j2]) for op, i1, i2, j1, j2 in sm.get_opcodes() if op != "equal"]
-
-
-def _clash(x: tuple[int, int, list[bytes]], y: tuple[int, int, list[bytes]]) -> bool:
-    (s1, e1, _), (s2, e2, _) = x, y
-    if x == y:
-        return False  # the same edit made on both sides
-    if s1 == e1 and s2 == e2:
-        return s1 == s2  # two insertions at one place: their order is unknown
-    if s1 == e1:
-        return s2 < s1 < e2
-    if s2 == e2:
-        return s1 < s2 < e1
-    return s1 < e2 and s2 < e1  # overlapping replaced ranges; touching ones are independent
-
-
-def merge_lines(ancestor: bytes, ours: bytes, theirs: bytes) -> bytes | None:
-    """3-way line merge that, unlike git's, accepts edits on adjacent lines; None on a conflict
-    (both sides changed the same lines differently, or inserted at the same place)."""
-    base = ancestor.splitlines(keepends=True)
-    mine, other = _edits(base, ours.splitlines(keepends=True)), _edits(base, theirs.splitlines(keepends=True))
-    if any(_clash(x, y) for x in mine for y in other):
-        return None
-    edits = sorted(set((s, e, tuple(r)) for s, e, r in mine + other), key=lambda t: (t[0], t[1]))
-    out, pos = [], 0
-    for s, e, r in edits:
-        out += base[pos:s] + list(r)
-        pos = e
-    return b"".join(out + base[pos:])
-
-
-def _tree_entries(data: bytes):
-    """(start, name end, mode, name) of every entry of a raw tree object."""
-    i = 0
-    while i < len(data):
-        sp = data.index(b" ", i)
-        nul = data.index(b"\0", sp)
-        yield i, nul, data[i:sp].decode(), data[sp + 1:nul]
-        i = nul + 21
-
-
-def _tree_entry(data: bytes, name: bytes) -> tuple[str, str] | None:
-    """(mode, sha) of ``name`` in a raw tree object, or None."""
-    for _, nul, mode, entry in _tree_entries(data):
-        if entry == name:
-            return mode, data[nul + 1:nul + 21].hex()
-    return None
-
-
-def _tree_replace(data: bytes, name: bytes, sha: str) -> bytes:
-    """A raw tree object with the sha of entry ``name`` replaced (mode and order kept)."""
-    for _, nul, _, entry in _tree_entries(data):
-        if entry == name:
-            return data[:nul + 1] + bytes.fromhex(sha) + data[nul + 21:]
-    raise RepoError(f"{name.decode()!r} is not in the tree")
-
-
-def _unified(path: str, old: bytes, new: bytes) -> str:
-    """Unified diff (3 lines of context) of one file's two versions, git's a/ b/ prefixes."""
-    a = old.decode("utf-8", "replace").splitlines(keepends=True)
-    b = new.decode("utf-8", "replace").splitlines(keepends=True)
-    lines = difflib.unified_diff(a, b, f"a/{path}", f"b/{path}")
-    return "".join(ln if ln.endswith("\n") else ln + "\n\\ No newline at end of file\n" for ln in lines)
-
-
-def _count(diff: str) -> tuple[int, int]:
-    """(added, removed) lines of a one-file unified diff."""
-    body = diff.splitlines()
-    body = body[next((i for i, ln in enumerate(body) if ln.startswith("@@")), len(body)):]
-    return sum(ln.startswith("+") for ln in body), sum(ln.startswith("-") for ln in body)
-
-
-def _add_trailer(message: str, key: str, value: str) -> str:
-    body = message.rstrip("\n")
-    paragraphs = body.split("\n\n")
-    last = paragraphs[-1].splitlines()
-    joiner = "\n" if len(paragraphs) > 1 and last and all(_TRAILER.match(ln) for ln in last) else "\n\n"
-    return f"{body}{joiner}{key}: {value}\n"

@@ -1,65 +1,27 @@
-"""The farm's state in Redis: the one module that knows the key schema.
+"""The farm's state in Redis: the Store, the one class that reads and writes a run's keys.
 
-Every key of a run starts with ``P = "<prefix>:{<tag>}:"`` (prefix ``arf`` by default). The
-braces are a Redis Cluster hash tag: all keys of one run share a slot, so the Lua scripts below
-stay legal on a cluster. Records are Redis hashes whose field values are each JSON-encoded (a
-Candidate's ``state`` is stored as ``"queued"``, quotes included); nothing is pickled. Records
-are not decoded and re-encoded in Lua, because Lua's cjson turns ``[]`` into ``{}`` and rounds
-floats to 14 digits.
-
-Key schema (P = prefix:{tag}:)::
-
-    P run                  hash    run metadata (config, main-line sha, ...); its presence = the run exists
-    P seq:<kind>           string  INCR counter behind next_id(kind) ("c" -> c0001, "j" -> j000001)
-    P cand:<id>            hash    one Candidate (model.py fields, JSON values)
-    P cands                zset    every candidate id, scored by creation sequence
-    P cands:seq            string  INCR counter giving that creation sequence
-    P cands:state:<state>  zset    ids of the candidates in <state> (same scores); each candidate is in
-                                   exactly one of these, kept so by the add/transition scripts
-    P job:<id>             hash    one Job (model.py fields) plus ``state`` (queued | running | done |
-                                   failed | removed) and ``last_lost_reason``
-    P queue                list    job ids waiting for a worker; dispatch pops from the left,
-                                   priority work and requeued jobs are pushed on the left
-    P running              zset    leased job ids, scored by lease deadline (unix seconds)
-    P results              list    Result JSON of every accepted result, in finish order (append-only)
-    P results:cand:<cand>  list    indexes into ``results`` of that candidate's results
-    P refused              list    JSON {reason, job, attempt, current_attempt, job_state, at, result}
-                                   for every refused (late, duplicate, unknown) result
-    P workers              set     names of every worker that ever sent a heartbeat
-    P worker:<name>        string  JSON info of a live worker; expires after its heartbeat TTL
-    P events               stream  audit trail {kind, at, data (JSON)}; capped at ~10000 entries
-    P inbox                list    JSON {kind: patch | idea, text, description, at} sent by `submit` to a
-                                   running farm; the controller pops them in order
-    P ideas                list    JSON {text, at, attempts} of human ideas not yet implemented
-
-A job's ``attempt`` is bumped on every dispatch; a result, a lease renewal or a requeue must
-name the current attempt (fencing), so a worker that was presumed lost and comes back late
-cannot overwrite newer work.
+The key schema and the field encoding are in :mod:`.keys`; every change that touches more than
+one key is one of the Lua scripts in :mod:`.scripts`, atomic on the server.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Iterable
-from enum import Enum
 from typing import Any
 
 import redis
 
 from cluster.errors import StoreError
-from cluster.records import Candidate, Job, Result, State
+from cluster.records import Candidate, Job, JobState, Requeue, Result, State
+from cluster.store.keys import EVENTS_MAXLEN, NAME, encode, flat, key, run_pattern, tag_of_run_key, unflat
+from cluster.store.scripts import _SCRIPTS
 
 log = logging.getLogger(__name__)
 
-JOB_STATES = ("queued", "running", "done", "failed", "removed")
-KEY_TEMPLATES = ("run", "seq:<kind>", "cand:<id>", "cands", "cands:seq", "cands:state:<state>", "job:<id>", "queue",
-                 "running", "results", "results:cand:<cand>", "refused", "workers", "worker:<name>", "events",
-                 "inbox", "ideas")  # fmt: skip
-EVENTS_MAXLEN = 10000
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+JOB_STATES = tuple(JobState)
 _CAND_FIELDS = frozenset(Candidate.__dataclass_fields__)
 _ALL_STATES = tuple(s.value for s in State)
 
@@ -71,132 +33,6 @@ class NotFound(StoreError, KeyError):
 
 class RunExists(StoreError):
     """create_run() found a run with that tag."""
-
-
-# -- Lua scripts. Keys built from a prefix inside a script (ARGV) share the run's hash tag. ----------
-# KEYS[1] hash. ARGV: must_exist (1|0), field, json, ... -> 1 if written, 0 if the hash's existence differs.
-_HSET_IF = """
-if redis.call('EXISTS', KEYS[1]) ~= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2)) return 1"""
-# KEYS: cand:<id>, cands, cands:seq, cands:state:<state>. ARGV: id, field, json, ... -> 1, or 0 if it exists.
-_ADD_CAND = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local seq = redis.call('INCR', KEYS[3])
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('ZADD', KEYS[2], seq, ARGV[1])
-redis.call('ZADD', KEYS[4], seq, ARGV[1]) return 1"""
-# KEYS: cand:<id>, cands. ARGV: id, state-index key prefix, to_state, n, n from-states, field, json, ...
-# -> 1 moved, 0 current state not among from-states (nothing changed), -1 no such candidate.
-_TRANSITION = """
-local cur = redis.call('HGET', KEYS[1], 'state')
-if not cur then return -1 end
-cur = string.sub(cur, 2, -2)
-local n, ok = tonumber(ARGV[4]), false
-for i = 5, 4 + n do if ARGV[i] == cur then ok = true break end end
-if not ok then return 0 end
-local seq = redis.call('ZSCORE', KEYS[2], ARGV[1])
-redis.call('ZREM', ARGV[2] .. cur, ARGV[1])
-redis.call('ZADD', ARGV[2] .. ARGV[3], seq, ARGV[1])
-redis.call('HSET', KEYS[1], 'state', '"' .. ARGV[3] .. '"')
-if #ARGV > 4 + n then redis.call('HSET', KEYS[1], unpack(ARGV, 5 + n)) end
-return 1"""
-# KEYS: job:<id>, queue. ARGV: id, front (1|0), attempt, field, json, ... The stored attempt never goes
-# down (old attempts stay fenced). -> 1, or an error if the job is already queued or running.
-_ENQUEUE = """
-local st = redis.call('HGET', KEYS[1], 'state')
-if st == '"queued"' or st == '"running"' then
-  return redis.error_reply('job ' .. ARGV[1] .. ' is already ' .. string.sub(st, 2, -2)) end
-local att = math.max(tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0'), tonumber(ARGV[3]))
-redis.call('HSET', KEYS[1], 'attempt', att, unpack(ARGV, 4))
-if ARGV[2] == '1' then redis.call('LPUSH', KEYS[2], ARGV[1]) else redis.call('RPUSH', KEYS[2], ARGV[1]) end
-return 1"""
-# KEYS: queue, running. ARGV: job key prefix, worker (JSON), deadline. Skips ids that are no longer
-# queued (removed, or pushed twice). -> the leased job's HGETALL, or nil when the queue is empty.
-_DISPATCH = """
-while true do
-  local id = redis.call('LPOP', KEYS[1])
-  if not id then return false end
-  local jk = ARGV[1] .. id
-  if redis.call('HGET', jk, 'state') == '"queued"' then
-    redis.call('HINCRBY', jk, 'attempt', 1)
-    redis.call('HSET', jk, 'state', '"running"', 'worker', ARGV[2], 'lease_deadline', ARGV[3])
-    redis.call('ZADD', KEYS[2], ARGV[3], id)
-    return redis.call('HGETALL', jk)
-  end
-end"""
-# KEYS: running, job:<id>. ARGV: id, attempt, deadline -> 1 renewed, 0 fenced (not running / stale).
-_RENEW = """
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-if redis.call('HGET', KEYS[2], 'attempt') ~= ARGV[2] then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-redis.call('HSET', KEYS[2], 'lease_deadline', ARGV[3]) return 1"""
-# KEYS: running, job:<id>, results, results:cand:<cand>, refused. ARGV: id, attempt, result JSON, now,
-# id as JSON. -> 'ok' (stored, job done) or the reason it was refused (then appended to refused).
-_RECORD = """
-local cur, st = unpack(redis.call('HMGET', KEYS[2], 'attempt', 'state'))
-local reason = nil
-if not cur then reason = 'unknown job'
-elseif cur ~= ARGV[2] then reason = 'stale attempt'
-elseif st == '"done"' then reason = 'duplicate'
-elseif not redis.call('ZSCORE', KEYS[1], ARGV[1]) then reason = 'not running' end
-if reason then
-  redis.call('RPUSH', KEYS[5], '{"reason": "' .. reason .. '", "job": ' .. ARGV[5] .. ', "attempt": ' ..
-    ARGV[2] .. ', "current_attempt": ' .. (cur or 'null') .. ', "job_state": ' .. (st or 'null') ..
-    ', "at": ' .. ARGV[4] .. ', "result": ' .. ARGV[3] .. '}')
-  return reason
-end
-redis.call('ZREM', KEYS[1], ARGV[1])
-local n = redis.call('RPUSH', KEYS[3], ARGV[3])
-redis.call('RPUSH', KEYS[4], n - 1)
-redis.call('HSET', KEYS[2], 'state', '"done"', 'lease_deadline', 'null') return 'ok'"""
-# KEYS: running, job:<id>, queue. ARGV: id, attempt, max_lost, reason (JSON), count_lost (1|0)
-# -> 'requeued' (front of the queue), 'failed' (lost >= max_lost), or 'fenced' (not running / stale).
-_REQUEUE = """
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 'fenced' end
-if redis.call('HGET', KEYS[2], 'attempt') ~= ARGV[2] then return 'fenced' end
-redis.call('ZREM', KEYS[1], ARGV[1])
-local lost = tonumber(redis.call('HGET', KEYS[2], 'lost') or '0')
-if ARGV[5] == '1' then lost = redis.call('HINCRBY', KEYS[2], 'lost', 1) end
-redis.call('HSET', KEYS[2], 'lease_deadline', 'null', 'last_lost_reason', ARGV[4])
-if ARGV[5] == '1' and lost >= tonumber(ARGV[3]) then
-  redis.call('HSET', KEYS[2], 'state', '"failed"') return 'failed' end
-redis.call('HSET', KEYS[2], 'state', '"queued"', 'worker', 'null')
-redis.call('LPUSH', KEYS[3], ARGV[1]) return 'requeued'"""
-# KEYS: job:<id>, queue. ARGV: id -> 1 removed, 0 not queued.
-_REMOVE = """
-if redis.call('HGET', KEYS[1], 'state') ~= '"queued"' then return 0 end
-redis.call('LREM', KEYS[2], 0, ARGV[1])
-redis.call('HSET', KEYS[1], 'state', '"removed"') return 1"""
-
-# KEYS: running, job:<id>. ARGV: id, attempt, field, json, ... -> 1 set, 0 fenced (not running / stale).
-_RETARGET = """
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-if redis.call('HGET', KEYS[2], 'attempt') ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 3)) return 1"""
-# KEYS: running, job:<id>. ARGV: id, attempt -> 1 dropped (state removed), 0 fenced (not running / stale).
-_DROP = """
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-if redis.call('HGET', KEYS[2], 'attempt') ~= ARGV[2] then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[2], 'state', '"removed"', 'lease_deadline', 'null') return 1"""
-
-_SCRIPTS = {"hset_if": _HSET_IF, "add_cand": _ADD_CAND, "transition": _TRANSITION, "enqueue": _ENQUEUE,
-            "dispatch": _DISPATCH, "renew": _RENEW, "record": _RECORD, "requeue": _REQUEUE, "remove": _REMOVE,
-            "retarget": _RETARGET, "drop": _DROP}
-
-
-def _json(v: Any) -> str:
-    return json.dumps(v, sort_keys=True, default=lambda o: o.value if isinstance(o, Enum) else str(o))
-
-
-def _flat(d: dict[str, Any]) -> list[str]:
-    return [x for k, v in d.items() for x in (k, _json(v.value if isinstance(v, Enum) else v))]
-
-
-def _unflat(h: dict[str, str] | list[str]) -> dict[str, Any]:
-    if isinstance(h, list):
-        h = dict(zip(h[::2], h[1::2]))
-    return {k: json.loads(v) for k, v in h.items()}
 
 
 def _state(s: str | State) -> str:
@@ -211,36 +47,40 @@ class Store:
 
     def __init__(self, r: redis.Redis, tag: str, prefix: str = "arf") -> None:
         for what, v in (("tag", tag), ("prefix", prefix)):
-            if not _NAME.match(v):
+            if not NAME.match(v):
                 raise StoreError(f"bad run {what} {v!r}: use 1-64 letters, digits, '.', '_' or '-'")
         if not r.connection_pool.connection_kwargs.get("decode_responses"):
             raise StoreError("Store needs a Redis client with decode_responses=True; use redis_server.connect(url)")
         self.r, self.tag, self.prefix = r, tag, prefix
-        self.p = f"{prefix}:{{{tag}}}:"
+        self.p = key(prefix, tag)  # P
         self._s = {name: r.register_script(src) for name, src in _SCRIPTS.items()}
 
     def key(self, *parts: str) -> str:
-        """The full key of ``parts`` (see the module docstring), e.g. key("cand", "c0001")."""
-        return self.p + ":".join(parts)
+        """The full key of ``parts`` (see the schema in :mod:`.keys`), e.g. key("cand", "c0001")."""
+        return key(self.prefix, self.tag, *parts)
+
+    def pipeline(self) -> redis.client.Pipeline:
+        """A non-transactional pipeline on this store's client: batch calls in one round trip
+        (the ``pipeline=`` argument of add_candidate() and enqueue())."""
+        return self.r.pipeline(transaction=False)
 
     # -- run -----------------------------------------------------------------------------------
     def create_run(self, meta: dict[str, Any]) -> None:
         d = {"tag": self.tag, "created_at": time.time(), **meta}
-        if not self._s["hset_if"](keys=[self.key("run")], args=[0, *_flat(d)]):
+        if not self._s["hset_if"](keys=[self.key("run")], args=[0, *flat(d)]):
             raise RunExists(f"run {self.tag} already exists; use --resume or another --tag")
 
     def run_meta(self) -> dict[str, Any] | None:
-        return _unflat(self.r.hgetall(self.key("run"))) or None
+        return unflat(self.r.hgetall(self.key("run"))) or None
 
     def update_run(self, **fields: Any) -> None:
-        if fields and not self._s["hset_if"](keys=[self.key("run")], args=[1, *_flat(fields)]):
+        if fields and not self._s["hset_if"](keys=[self.key("run")], args=[1, *flat(fields)]):
             raise NotFound(f"run {self.tag} does not exist; start the farm without --resume to create it")
 
     @staticmethod
     def list_runs(r: redis.Redis, prefix: str = "arf") -> list[str]:
         """Tags of the runs (with a run record) under ``prefix``."""
-        head = f"{prefix}:{{"
-        return sorted(k[len(head) : -len("}:run")] for k in r.scan_iter(match=f"{head}*}}:run", count=1000))
+        return sorted(tag_of_run_key(prefix, k) for k in r.scan_iter(match=run_pattern(prefix), count=1000))
 
     def next_id(self, kind: str, width: int = 4) -> str:
         return self.next_ids(kind, 1, width)[0]
@@ -253,23 +93,23 @@ class Store:
         d["state"] = st = _state(c.state)
         keys = [self.key("cand", c.id), self.key("cands"), self.key("cands", "seq"), self.key("cands", "state", st)]
         if pipeline is not None:
-            self._s["add_cand"](keys=keys, args=[c.id, *_flat(d)], client=pipeline)
+            self._s["add_cand"](keys=keys, args=[c.id, *flat(d)], client=pipeline)
             return
-        if not self._s["add_cand"](keys=keys, args=[c.id, *_flat(d)]):
+        if not self._s["add_cand"](keys=keys, args=[c.id, *flat(d)]):
             raise StoreError(f"candidate {c.id} already exists; take a fresh id from next_id('c')")
 
     def get_candidate(self, cand_id: str) -> Candidate:
         h = self.r.hgetall(self.key("cand", cand_id))
         if not h:
             raise NotFound(f"candidate {cand_id} not found in run {self.tag}")
-        return Candidate.from_dict(_unflat(h))
+        return Candidate.from_dict(unflat(h))
 
     def candidates(self, states: Iterable[str | State] | None = None) -> list[Candidate]:
         """Candidates (all, or those in ``states``) in creation order."""
         if states is None:
             ids = self.r.zrange(self.key("cands"), 0, -1)
         else:
-            pipe = self.r.pipeline(transaction=False)
+            pipe = self.pipeline()
             for s in {_state(s) for s in states}:
                 pipe.zrange(self.key("cands", "state", s), 0, -1, withscores=True)
             ids = [i for i, _ in sorted((p for part in pipe.execute() for p in part), key=lambda p: p[1])]
@@ -288,14 +128,14 @@ class Store:
     def ids_by_state(self, states: Iterable[str | State]) -> dict[str, list[str]]:
         """The ids of the candidates in each of ``states`` (creation order), in one round trip."""
         names = sorted({_state(s) for s in states})
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self.pipeline()
         for s in names:
             pipe.zrange(self.key("cands", "state", s), 0, -1)
         return dict(zip(names, pipe.execute()))
 
     def next_ids(self, kind: str, n: int, width: int = 4) -> list[str]:
         """``n`` fresh ids at once (one INCRBY), as next_id() would give them one by one."""
-        if not _NAME.match(kind):
+        if not NAME.match(kind):
             raise StoreError(f"bad id kind {kind!r}: use letters, digits, '.', '_' or '-'")
         if n <= 0:
             return []
@@ -303,7 +143,7 @@ class Store:
         return [f"{kind}{i:0{width}d}" for i in range(last - n + 1, last + 1)]
 
     def count_by_state(self) -> dict[str, int]:
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self.pipeline()
         for s in _ALL_STATES:
             pipe.zcard(self.key("cands", "state", s))
         return dict(zip(_ALL_STATES, pipe.execute()))
@@ -314,7 +154,7 @@ class Store:
             self.transition(cand_id, _ALL_STATES, fields.pop("state"), **fields)
             return
         self._check_fields(fields)
-        if fields and not self._s["hset_if"](keys=[self.key("cand", cand_id)], args=[1, *_flat(fields)]):
+        if fields and not self._s["hset_if"](keys=[self.key("cand", cand_id)], args=[1, *flat(fields)]):
             raise NotFound(f"candidate {cand_id} not found in run {self.tag}")
 
     def transition(self, cand_id: str, from_states: Iterable[str | State] | str, to_state: str | State,
@@ -325,7 +165,7 @@ class Store:
         froms = sorted({_state(s) for s in from_states})
         self._check_fields(fields)
         keys = [self.key("cand", cand_id), self.key("cands")]
-        args = [cand_id, self.key("cands", "state", ""), _state(to_state), len(froms), *froms, *_flat(fields)]
+        args = [cand_id, self.key("cands", "state", ""), _state(to_state), len(froms), *froms, *flat(fields)]
         res = self._s["transition"](keys=keys, args=args)
         if res == -1:
             raise NotFound(f"candidate {cand_id} not found in run {self.tag}")
@@ -339,10 +179,10 @@ class Store:
                              f"{sorted(_CAND_FIELDS - {'id', 'state'})}")  # fmt: skip
 
     def _load(self, kind: str, ids: Iterable[str]) -> list[dict[str, Any]]:
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self.pipeline()
         for i in ids:
             pipe.hgetall(self.key(kind, i))
-        return [_unflat(h) for h in pipe.execute() if h]
+        return [unflat(h) for h in pipe.execute() if h]
 
     # -- queue and leases ----------------------------------------------------------------------
     def enqueue(self, job: Job, front: bool = False, pipeline: redis.client.Pipeline | None = None) -> None:
@@ -350,8 +190,8 @@ class Store:
         the script call on it; a refusal then surfaces as a ResponseError from ``pipeline.execute()``."""
         d = job.to_dict()
         attempt = int(d.pop("attempt"))
-        d["state"] = "queued"
-        args = [job.id, "1" if front else "0", attempt, *_flat(d)]
+        d["state"] = JobState.QUEUED.value
+        args = [job.id, "1" if front else "0", attempt, *flat(d)]
         keys = [self.key("job", job.id), self.key("queue")]
         if pipeline is not None:
             self._s["enqueue"](keys=keys, args=args, client=pipeline)
@@ -364,14 +204,14 @@ class Store:
     def dispatch(self, worker: str, lease_seconds: float, now: float | None = None) -> Job | None:
         """Lease the next queued job to ``worker`` (attempt + 1); None if the queue is empty."""
         deadline = (time.time() if now is None else now) + lease_seconds
-        flat = self._s["dispatch"](keys=[self.key("queue"), self.key("running")],
-                                   args=[self.key("job", ""), _json(worker), _json(float(deadline))])  # fmt: skip
-        return Job.from_dict(_unflat(flat)) if flat else None
+        h = self._s["dispatch"](keys=[self.key("queue"), self.key("running")],
+                                   args=[self.key("job", ""), encode(worker), encode(float(deadline))])  # fmt: skip
+        return Job.from_dict(unflat(h)) if h else None
 
     def renew_lease(self, job_id: str, attempt: int, lease_seconds: float, now: float | None = None) -> bool:
         deadline = (time.time() if now is None else now) + lease_seconds
         keys = [self.key("running"), self.key("job", job_id)]
-        return self._s["renew"](keys=keys, args=[job_id, int(attempt), _json(float(deadline))]) == 1
+        return self._s["renew"](keys=keys, args=[job_id, int(attempt), encode(float(deadline))]) == 1
 
     def record_result(self, result: Result) -> bool:
         """Store ``result`` if its job is running with that attempt (then the job is done).
@@ -380,7 +220,7 @@ class Store:
         ``refused`` list with the reason, and False is returned."""
         keys = [self.key("running"), self.key("job", result.job), self.key("results"),
                 self.key("results", "cand", result.cand), self.key("refused")]  # fmt: skip
-        args = [result.job, int(result.attempt), result.to_json(), _json(time.time()), _json(result.job)]
+        args = [result.job, int(result.attempt), result.to_json(), encode(time.time()), encode(result.job)]
         outcome = self._s["record"](keys=keys, args=args)
         if outcome != "ok":
             log.warning("refused result of %s attempt %s: %s", result.job, result.attempt, outcome)
@@ -392,16 +232,17 @@ class Store:
         ids = self.r.zrangebyscore(self.key("running"), "-inf", f"({float(now)!r}")
         return [Job.from_dict(d) for d in self._load("job", ids)]
 
-    def requeue(self, job_id: str, attempt: int, reason: str, max_lost: int, *, count_lost: bool = True) -> str:
-        """Take a lost running attempt back: 'requeued' (front), 'failed' (lost >= max_lost) or
-        'fenced' (not running with that attempt). ``count_lost=False`` (a clean stop) never fails it."""
+    def requeue(self, job_id: str, attempt: int, reason: str, max_lost: int, *, count_lost: bool = True) -> Requeue:
+        """Take a lost running attempt back: REQUEUED (front), FAILED (lost >= max_lost) or
+        FENCED (not running with that attempt). ``count_lost=False`` (a clean stop) never fails it."""
         keys = [self.key("running"), self.key("job", job_id), self.key("queue")]
-        args = [job_id, int(attempt), int(max_lost), _json(reason), "1" if count_lost else "0"]
+        args = [job_id, int(attempt), int(max_lost), encode(reason), "1" if count_lost else "0"]
         outcome = self._s["requeue"](keys=keys, args=args)
         log.info("requeue %s attempt %s (%s): %s", job_id, attempt, reason, outcome)
-        return outcome
+        return Requeue(outcome)
 
-    def requeue_all_running(self, reason: str, max_lost: int, *, count_lost: bool = True) -> list[tuple[str, str]]:
+    def requeue_all_running(self, reason: str, max_lost: int, *,
+                            count_lost: bool = True) -> list[tuple[str, Requeue]]:  # fmt: skip
         """requeue() every running job; returns (job id, outcome) pairs. Earliest lease ends up first."""
         jobs = self.running_jobs()
         return [(j.id, self.requeue(j.id, j.attempt, reason, max_lost, count_lost=count_lost)) for j in reversed(jobs)]
@@ -410,7 +251,7 @@ class Store:
         """Point a running attempt at another commit (its candidate was rebased as it was taken);
         False if that attempt is not running (fenced)."""
         keys = [self.key("running"), self.key("job", job_id)]
-        return self._s["retarget"](keys=keys, args=[job_id, int(attempt), *_flat({"commit": commit})]) == 1
+        return self._s["retarget"](keys=keys, args=[job_id, int(attempt), *flat({"commit": commit})]) == 1
 
     def drop(self, job_id: str, attempt: int) -> bool:
         """Take a running attempt off the lease list without a result (state ``removed``: its
@@ -422,7 +263,7 @@ class Store:
 
     def queued_jobs(self) -> list[Job]:
         ids = list(dict.fromkeys(self.r.lrange(self.key("queue"), 0, -1)))
-        return [Job.from_dict(d) for d in self._load("job", ids) if d.get("state") == "queued"]
+        return [Job.from_dict(d) for d in self._load("job", ids) if d.get("state") == JobState.QUEUED.value]
 
     def running_jobs(self) -> list[Job]:
         return [Job.from_dict(d) for d in self._load("job", self.r.zrange(self.key("running"), 0, -1))]
@@ -433,16 +274,16 @@ class Store:
     def get_job(self, job_id: str) -> Job:
         return Job.from_dict(self.job_record(job_id))
 
-    def job_state(self, job_id: str) -> str:
-        """queued | running | done | failed | removed."""
-        return self.job_record(job_id)["state"]
+    def job_state(self, job_id: str) -> JobState:
+        """QUEUED | RUNNING | DONE | FAILED | REMOVED."""
+        return JobState(self.job_record(job_id)["state"])
 
     def job_record(self, job_id: str) -> dict[str, Any]:
         """The stored job hash, decoded: the Job fields plus ``state`` and ``last_lost_reason``."""
         h = self.r.hgetall(self.key("job", job_id))
         if not h:
             raise NotFound(f"job {job_id} not found in run {self.tag}")
-        return _unflat(h)
+        return unflat(h)
 
     # -- results -------------------------------------------------------------------------------
     def results(self, cand: str | None = None) -> list[Result]:
@@ -450,7 +291,7 @@ class Store:
         if cand is None:
             raw = self.r.lrange(self.key("results"), 0, -1)
         else:
-            pipe = self.r.pipeline(transaction=False)
+            pipe = self.pipeline()
             for i in self.r.lrange(self.key("results", "cand", cand), 0, -1):
                 pipe.lindex(self.key("results"), int(i))
             raw = pipe.execute()
@@ -461,8 +302,8 @@ class Store:
 
     # -- workers -------------------------------------------------------------------------------
     def heartbeat(self, worker: str, ttl: float, info: dict[str, Any]) -> None:
-        pipe = self.r.pipeline(transaction=False)
-        pipe.set(self.key("worker", worker), _json({**info, "worker": worker, "at": time.time()}),
+        pipe = self.pipeline()
+        pipe.set(self.key("worker", worker), encode({**info, "worker": worker, "at": time.time()}),
                  px=max(1, int(ttl * 1000)))  # fmt: skip
         pipe.sadd(self.key("workers"), worker)
         pipe.execute()
@@ -473,7 +314,6 @@ class Store:
         infos = self.r.mget([self.key("worker", n) for n in names]) if names else []
         return {n: json.loads(i) for n, i in zip(names, infos) if i is not None}
 
-    # -- events --------------------------------------------------------------------------------
     # -- inbox (submit --patch / --idea) and human ideas ------------------------------------------
     def send(self, kind: str, text: str, description: str = "") -> None:
         """Queue a human patch or idea for the controller of this run."""
@@ -500,8 +340,9 @@ class Store:
             pipe.rpush(self.key("ideas"), *[json.dumps(i) for i in ideas])
         pipe.execute()
 
+    # -- events --------------------------------------------------------------------------------
     def add_event(self, kind: str, **data: Any) -> str:
-        fields = {"kind": kind, "at": repr(time.time()), "data": _json(data)}
+        fields = {"kind": kind, "at": repr(time.time()), "data": encode(data)}
         return self.r.xadd(self.key("events"), fields, maxlen=EVENTS_MAXLEN, approximate=True)
 
     def events(self, count: int = 100, after: str | None = None) -> list[dict[str, Any]]:
