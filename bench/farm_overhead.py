@@ -62,9 +62,9 @@ from bench.overhead_kit import (  # noqa: F401  (re-exported for tests and reade
 log = logging.getLogger("bench.farm_overhead")
 
 # controller and intake methods timed (inclusive wall seconds) when they exist: the farm's code moves
-PHASES = ("_collect", "_record", "_collect_probes", "_reap_leases", "_judge_finished", "_rebase_pending", "_take", "_dispatch",
-          "_files", "finished", "progress_line")
-INTAKE_PHASES = ("step", "_collect_proposals", "_ask", "history", "admit", "admit_round", "_read_inbox")
+PHASES = ("collect", "record", "_heartbeats", "_reap_leases", "judge", "take", "dispatch", "_files", "finished",
+          "progress_line")
+INTAKE_PHASES = ("step", "_collect_proposals", "ask", "history", "admit", "admit_round", "_read_inbox")
 MB = 2**20
 TRAINING_MB = 30  # a worker's training subprocess chain while it runs (sh, unshare, python), on top of its PSS
 
@@ -97,12 +97,13 @@ def _timed_controller_class():
                     self.phase_calls[name] += 1
             return wrapper
 
-        def _dispatch(self) -> None:
-            idle = [n for n in self.workers if n not in self.inflight]
-            before = len(self.stats.dispatch_gaps)
-            super()._dispatch()
+        def dispatch(self) -> None:
+            idle = self.fleet.free()
+            gaps = self.progress.stats.dispatch_gaps
+            before = len(gaps)
+            super().dispatch()
             now = time.time()
-            for name, gap in zip(idle, self.stats.dispatch_gaps[before:]):  # dispatch walks the idle in order
+            for name, gap in zip(idle, gaps[before:]):  # dispatch walks the idle in order
                 if name in self._seen:
                     self.gap_log.append((now, gap))
                 self._seen.add(name)
@@ -162,6 +163,7 @@ def measure(n: int, duration: float, rounds: int, *, win_prob: float, cpus_per_w
     import ray
 
     from cluster.actors import placement
+    from cluster.loop.fleet import Fleet, ProposerCalls
     from cluster.config import FarmConfig
     from cluster.launch import open_run
 
@@ -188,7 +190,8 @@ def measure(n: int, duration: float, rounds: int, *, win_prob: float, cpus_per_w
         out["mem_per_actor_mb"] = (avail0 - psutil.virtual_memory().available) / n / MB
         out["actor_pss_mb"] = statistics.fmean(psutil.Process(w.info["pid"]).memory_full_info().pss
                                                for w in workers) / MB
-        ctrl = _timed_controller_class()(cfg, ctx.tag, ctx.store, ctx.repo, workers, proposer, ctx.run_dir,
+        ctrl = _timed_controller_class()(cfg, ctx.tag, ctx.store, ctx.repo, Fleet(workers), ProposerCalls(proposer),
+                                         ctx.run_dir,
                                          report=lambda line: log.debug("%s", line))
         ctrl.start(False)
         redis_proc = psutil.Process(int(ctx.store.r.info("server")["process_id"]))
@@ -197,7 +200,7 @@ def measure(n: int, duration: float, rounds: int, *, win_prob: float, cpus_per_w
         snaps: dict[str, Any] = {}
 
         def on_step(c: Any) -> None:
-            if "start" not in snaps and len(c.measured(baseline)) >= cfg.judge.baseline_runs:
+            if "start" not in snaps and len(c.measured.of(baseline)) >= cfg.judge.baseline_runs:
                 snaps["start"] = _snapshot(ctx.store, named)
                 snaps["start"]["runs"] = sum(len(v) for v in c._by_commit.values())
 
@@ -216,7 +219,7 @@ def measure(n: int, duration: float, rounds: int, *, win_prob: float, cpus_per_w
                 prof.disable()
                 prof.dump_stats(profile)
             end = _snapshot(ctx.store, named)
-            end["runs"] = sum(len(v) for v in ctrl._by_commit.values())
+            end["runs"] = sum(len(v) for v in ctrl.measured.by_commit.values())
             out["driver_rss_mb"] = psutil.Process().memory_info().rss / MB
             out["redis_rss_mb"] = redis_proc.memory_info().rss / MB
             ctrl.shutdown()
@@ -226,7 +229,7 @@ def measure(n: int, duration: float, rounds: int, *, win_prob: float, cpus_per_w
     cycles, gaps = worker_cycles(runs, start["t"])
     cpu = {g: v - start["cpu"].get(g, 0.0) for g, v in end["cpu"].items()}
     cpu["outside"] = end["machine_busy"] - start["machine_busy"] - sum(cpu.values())  # other users of the machine
-    waited = ctrl.phase_wall["_collect"] - ctrl.phase_wall["_record"]  # ray.wait (or the idle sleep)
+    waited = ctrl.phase_wall["collect"] - ctrl.phase_wall["record"]  # ray.wait (or the idle sleep)
     n_runs = end["runs"] - start["runs"]
     span = end["t"] - start["t"]
     out.update(

@@ -22,8 +22,8 @@ What is modelled
     a conflict or a change already in the main line makes a candidate stale).
   * The controller's rules, re-implemented in bench/simfarm.py (the duplication, ~120 lines:
     ``Sim._judge``, ``_apply``, ``_rebase``, ``_rebase_pending``, ``_dispatch`` and ``_record`` mirror
-    cluster/loop/controller.py's methods of the same names, ``_fill`` and ``_history`` cluster/loop/intake.py's
-    ``_ask``/``admit``/``history``): the baseline is queued ``baseline_runs`` times; the queue is kept
+    cluster/loop/controller.py's ``judge``, ``apply``, ``_retest``, ``take``, ``dispatch`` and ``record``;
+    ``_fill`` and ``_history`` cluster/loop/intake.py's ``ask``/``admit``/``history``): the baseline is queued ``baseline_runs`` times; the queue is kept
     at one pending candidate per worker plus ``queue_margin``; confirm and main-line re-measure jobs
     go to the front; one merge per judging pass (``pick_merge``), the main line moves to exactly the
     measured commit; queued candidates are rebased onto it; a candidate measured on an old base that

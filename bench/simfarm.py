@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cluster.config import JudgeSettings
 from cluster.loop import judge
 from cluster.records import Candidate, Purpose, Result, RunStatus, State
-from cluster.repo import merge_lines
+from cluster.repo.merge import merge_lines
 from proposer import mutate
 from proposer.base import History, Outcome, fingerprint
 from proposer.mutate import MutateProposer, _Surface
@@ -123,14 +124,14 @@ class Sim:
     """A discrete-event run of the farm's policies with ``workers`` workers (see the module docstring)."""
 
     def __init__(self, workers: int, seed: int, *, run_seconds: float = 330.0, noise: float = 0.002,
-                 queue_margin: int = 2, jcfg: judge.JudgeConfig | None = None,
+                 queue_margin: int = 2, jcfg: JudgeSettings | None = None,
                  source: str | None = None, exact_fingerprint: bool = False, scale: float = SCALE,
                  confirm_runs: int = 1, learn_from_stale: bool = False) -> None:
         self.scale, self.confirm_runs = scale, confirm_runs
         self.final = FINAL if learn_from_stale else (State.MERGED.value, State.DISCARDED.value)
         self.fp = fingerprint if exact_fingerprint else text_fingerprint
         self.w, self.seed, self.run_s, self.noise, self.margin = workers, seed, run_seconds, noise, queue_margin
-        self.jcfg = jcfg or judge.JudgeConfig()
+        self.jcfg = jcfg or JudgeSettings()
         self.rng = random.Random(f"search-{seed}-{workers}")
         self.proposer = MutateProposer(seed=seed, profile="gpu")
         src = source if source is not None else TRAIN_PY.read_text()

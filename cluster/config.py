@@ -2,7 +2,10 @@
 
 `configs/default.toml` spells out every default (a test keeps it equal to these dataclasses), so
 the file a user copies is the reference. Unknown keys and values of the wrong type are refused
-with a message that names the key; nothing else in the farm reads environment knobs.
+with a message that names the key. Nothing else in the farm reads an environment knob of its
+own; what is read from the environment is named where it is declared: Ray's own variables
+(`RAY_ADDRESS`, `RAY_AUTH_*`), the API key named by `proposer.api_key_env`, and the harness's
+cache location behind `train.cache_dir = ""`.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ class TrainConfig:
     prepare_command: tuple[str, ...] = ("python", "prepare.py")  # once per worker; () = none
     budget: float = 60.0  # training seconds per experiment (AUTORESEARCH_TIME_BUDGET); 300 on GPUs
     grace: float = 90.0  # extra wall-clock seconds for start-up and evaluation before a kill
-    cache_dir: str = ""  # AUTORESEARCH_CACHE for prepare and train; "" = their default
+    cache_dir: str = ""  # AUTORESEARCH_CACHE for prepare and train; "" = on each node, the worker's
+    # $AUTORESEARCH_CACHE, else $XDG_CACHE_HOME/autoresearch, else ~/.cache/autoresearch (prepare.py's default)
     isolate_network: bool = True  # run candidates without network where the OS allows it
     trusted_eval: bool = True  # val_bpb comes from the worker's own evaluation process (docs/TRUST.md)
     disk_quota_gb: float = 20.0  # a run whose directory grows past this is killed (crash); 0 = none
@@ -75,6 +79,7 @@ class JudgeSettings:
     simplify_merges: bool = True  # merge a deletion that is within the noise
     max_vram_mb: float = 0.0  # soft cap on peak VRAM; 0 = none
     max_overtime: float = 0.2  # training that outlasts the main line's by this fraction (and 5 s) is a cheat; 0 = off
+    noise_prior_df: float = 4.0  # weight (degrees of freedom) of default_noise in the pooled noise estimate
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from typing import Any
 
 from worker.contract import Job, Purpose, Record, Result, RunStatus
 
-__all__ = ["Candidate", "State", "PENDING_STATES", "FINAL_STATES", "JobState", "Requeue", "Origin",
+__all__ = ["Candidate", "State", "PENDING_STATES", "FINAL_STATES", "values", "experiment_count", "JobState", "Requeue", "Origin",
            "Job", "Purpose", "Record", "Result", "RunStatus"]
 
 
@@ -53,6 +53,12 @@ FINAL_STATES = frozenset({State.MERGED, State.DISCARDED, State.STALE, State.FAIL
 def values(states: frozenset[State] | tuple[State, ...]) -> tuple[str, ...]:
     """The stored spellings of ``states``, in a stable order."""
     return tuple(s.value for s in State if s in states)
+
+
+def experiment_count(counts: dict[str, int]) -> int:
+    """Candidates proposed, from the counts by state: the experiment budget's unit (the baseline
+    and patches refused before they ran are not experiments)."""
+    return sum(counts.values()) - counts.get(State.INVALID.value, 0) - 1
 
 
 class JobState(str, Enum):

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from proposer.base import History, Proposal, fingerprint
+from proposer.base import History, Proposal, ProposerBase, fingerprint
 from proposer.patching import Claims, check_source
 from proposer.prompts import FALLBACK_PROGRAM, Request, derive_description, plan, task_text
 
@@ -72,7 +72,7 @@ def _tail(path: Path, limit: int) -> str:
     return (f"[... {len(data) - limit} bytes cut ...]\n" + text) if len(data) > limit else text
 
 
-class AgentProposer:
+class AgentProposer(ProposerBase):
     name = "agent"
 
     def __init__(self, command: Sequence[str] = DEFAULT_COMMAND, *, program: str = "",

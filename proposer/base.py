@@ -53,11 +53,37 @@ class History:
 
 @runtime_checkable
 class Proposer(Protocol):
+    """What the farm calls on a proposer (through its actor, :mod:`cluster.actors.proposer`)."""
+
     name: str
 
     def propose(self, n: int, history: History) -> list[Proposal]:
         """Up to n new proposals on history.base_source; fewer (even none) when out of ideas."""
         ...
+
+    def repair(self, meta: dict[str, Any], source: str, log_tail: str, tried: set[str] | None = None
+               ) -> Proposal | None:
+        """One fix of a crashed candidate (``meta``: its record's meta, with its id, description
+        and origin; ``source``: its editable file; ``log_tail``: the crash), or None."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """``last_error`` (the latest failure of its source, or None) and ``usage`` (token totals)."""
+        ...
+
+
+class ProposerBase:
+    """Defaults for the optional parts of :class:`Proposer`: no repairs, no usage, no error."""
+
+    name = "proposer"
+    last_error: str | None = None
+
+    def repair(self, meta: dict[str, Any], source: str, log_tail: str, tried: set[str] | None = None
+               ) -> Proposal | None:
+        return None
+
+    def status(self) -> dict[str, Any]:
+        return {"last_error": self.last_error, "usage": dict(getattr(self, "usage", {}) or {})}
 
 
 def normalise(source: str) -> str:

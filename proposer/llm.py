@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
-from proposer.base import History, Proposal, Proposer, fingerprint
+from proposer.base import History, Proposal, Proposer, ProposerBase, fingerprint
 from proposer.patching import Claims, PatchError, apply_patch, check_full_file, check_source
 from proposer.prompts import (Request, ResponseError, crash_messages, derive_description, fix_message, parse_response,
                               plan, proposal_messages, strip_reasoning)
@@ -47,7 +47,7 @@ class Reply:
     truncated: bool  # finish_reason == "length": the answer hit max_tokens
 
 
-class LLMProposer:
+class LLMProposer(ProposerBase):
     name = "llm"
 
     def __init__(self, *, model: str = "gpt-4.1", base_url: str = "https://api.openai.com/v1",
@@ -284,7 +284,7 @@ def _retry_after(e: Exception) -> float | None:
         return None
 
 
-class FallbackProposer:
+class FallbackProposer(ProposerBase):
     """The primary proposer, with another one filling in while the primary's endpoint fails.
 
     When a call of the primary lost requests to transport errors (see ``failed_requests``), the
@@ -319,8 +319,10 @@ class FallbackProposer:
 
     def repair(self, meta: dict[str, Any], source: str, log_tail: str, tried: set[str] | None = None
                ) -> Proposal | None:
-        fix = getattr(self.primary, "repair", None)
-        return fix(meta, source, log_tail, tried) if fix else None
+        return self.primary.repair(meta, source, log_tail, tried)
+
+    def status(self) -> dict[str, Any]:
+        return self.primary.status()
 
 
 def from_settings(settings: dict[str, Any]) -> Proposer:

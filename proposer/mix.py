@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .base import History, Proposal, Proposer, fingerprint
+from proposer.base import History, Proposal, Proposer, ProposerBase, fingerprint
 
 
-class MixProposer:
+class MixProposer(ProposerBase):
     name = "mix"
 
     def __init__(self, parts: list[tuple[Proposer, float]]):
@@ -51,9 +51,8 @@ class MixProposer:
                ) -> Proposal | None:
         """Sent to the part that wrote the crashed candidate (the first one that can repair)."""
         for part, _ in self.parts:
-            fix = getattr(part, "repair", None)
-            if fix is not None and getattr(part, "name", None) == meta.get("origin", part.name):
-                result = fix(meta, source, log_tail, tried)
+            if part.name == meta.get("origin", part.name):
+                result = part.repair(meta, source, log_tail, tried)
                 if result is not None:
                     return result
         return None

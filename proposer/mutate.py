@@ -31,7 +31,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from proposer.base import History, Outcome, Proposal, fingerprint, parse_python
+from proposer.base import History, Outcome, Proposal, ProposerBase, fingerprint, parse_python
 
 log = logging.getLogger(__name__)
 
@@ -319,7 +319,7 @@ def _weights(scores: list[float]) -> list[float]:
     return [(1 - EXPLORE) * e / total + EXPLORE / len(exp) for e in exp]
 
 
-class MutateProposer:
+class MutateProposer(ProposerBase):
     name = "mutate"
 
     def __init__(

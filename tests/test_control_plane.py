@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 from cluster.loop import judge as judge_policy
 from cluster.loop.controller import Controller
+from cluster.loop.fleet import Fleet, ProposerCalls, WorkerSlot
 from cluster.records import Purpose, Result, State
 from cluster.repo import FarmRepo
 from cluster.store import Store
@@ -26,19 +27,26 @@ class FakeHandle:
         self.cancel = SimpleNamespace(remote=lambda *a: None)
 
 
-def controller(tmp_path, redis_client, n: int, *, resume: bool = False, name: str = "target") -> Controller:
+class RecordingFleet(Fleet):
+    """The fleet without Ray: nothing is shipped (`put`), runs are only recorded by the handles."""
+
+    def put(self, files):
+        return None
+
+
+def controller(tmp_path, redis_client, n: int, *, resume: bool = False, name: str = "target",
+               **overrides) -> Controller:
     repo_path = tmp_path / name
     if not repo_path.exists():
         make_repo(repo_path)
         redis_client.flushall()
-    cfg = farm_config(repo_path, **{"workers.count": n})
+    cfg = farm_config(repo_path, **{"workers.count": n, **overrides})
     store = Store(redis_client, "t1")
     if not resume:
         store.create_run({"tag": "t1", "status": "running"})
-    slots = [SimpleNamespace(name=f"w{i}", handle=FakeHandle(), info={}) for i in range(n)]
-    ctrl = Controller(cfg, "t1", store, FarmRepo(repo_path), slots, proposer=None, run_dir=tmp_path / f"run-{name}",
-                      report=lambda line: None)
-    ctrl._files = lambda commit: (None, "digest")  # no ray.put: nothing is shipped in these tests
+    fleet = RecordingFleet([WorkerSlot(f"w{i}", FakeHandle(), {}) for i in range(n)])
+    ctrl = Controller(cfg, "t1", store, FarmRepo(repo_path), fleet, ProposerCalls(None),
+                      run_dir=tmp_path / f"run-{name}", report=lambda line: None)
     ctrl.start(resume)
     return ctrl
 
@@ -50,11 +58,11 @@ def proposals(ctrl: Controller, changes: list[dict[str, str]]) -> list[Proposal]
 
 def finish(ctrl: Controller, name: str, val_bpb: float = 1.0) -> None:
     """The worker `name` reports its run done; the controller records it."""
-    job = ctrl.inflight.pop(name).job
+    job = ctrl.fleet.inflight.pop(name).job
     now = time.time()
     r = Result(job=job.id, cand=job.cand, commit=job.commit, attempt=job.attempt, status="ok", val_bpb=val_bpb,
                worker=name, started_at=now - 1, finished_at=now, purpose=job.purpose)
-    ctrl._record(name, job, {"result": r.to_dict(), "log": ""})
+    ctrl.record(name, job, {"result": r.to_dict(), "log": ""})
 
 
 def commands(ctrl: Controller) -> int:
@@ -67,16 +75,16 @@ def cost_of_one_result(tmp_path, redis_client, n: int) -> tuple[int, int]:
     ctrl = controller(tmp_path, redis_client, n, name=f"target-{n}")
     for p in proposals(ctrl, [{"UNUSED": str(100 + i)} for i in range(2 * n)]):
         ctrl.intake.admit(p)
-    ctrl._dispatch()
-    assert len(ctrl.inflight) == n and ctrl.store.queue_depth() == n + 3
-    first, measure = [name for name, f in ctrl.inflight.items() if f.job.purpose == Purpose.MEASURE.value][:2]
+    ctrl.dispatch()
+    assert len(ctrl.fleet.inflight) == n and ctrl.store.queue_depth() == n + 3
+    first, measure = [name for name, f in ctrl.fleet.inflight.items() if f.job.purpose == Purpose.MEASURE.value][:2]
     finish(ctrl, first)  # (the first use of a script on a server costs a NOSCRIPT round trip)
-    cand = ctrl.inflight[measure].job.cand
+    cand = ctrl.fleet.inflight[measure].job.cand
     before = commands(ctrl)
     finish(ctrl, measure)
     recorded = commands(ctrl) - before - 1  # - the INFO itself
     before = commands(ctrl)
-    ctrl._judge_finished()
+    ctrl.judge()
     judged = commands(ctrl) - before - 1
     assert ctrl.store.get_candidate(cand).state == State.FINISHED.value, "judged once the baseline is in"
     return recorded, judged
@@ -92,16 +100,16 @@ def test_redis_commands_per_result_do_not_grow_with_the_number_of_workers(tmp_pa
 def test_open_job_counts_follow_the_loop_and_are_rebuilt_on_resume(tmp_path, redis_client):
     ctrl = controller(tmp_path, redis_client, 3)
     ctrl.intake.admit_round(proposals(ctrl, [{"UNUSED": "41"}, {"UNUSED": "42"}]))
-    ctrl._dispatch()
+    ctrl.dispatch()
     finish(ctrl, "w0")
-    lost = ctrl.inflight["w1"].job
-    ctrl._lost(lost, "test: worker gone")  # back to the queue: still open
+    lost = ctrl.fleet.inflight["w1"].job
+    ctrl.lost(lost, "test: worker gone")  # back to the queue: still open
     store = ctrl.store
     truth = {j.id: (j.cand, j.commit) for j in store.queued_jobs() + store.running_jobs()}
-    assert ctrl._open == truth and sum(ctrl._open_by_cand.values()) == len(truth) == 4
+    assert ctrl.jobs.open == truth and sum(ctrl.jobs.by_cand.values()) == len(truth) == 4
     again = controller(tmp_path, redis_client, 3, resume=True)  # re-queues the running ones
-    assert again._open == truth
-    assert again._open_by_cand == ctrl._open_by_cand and again._open_by_commit == ctrl._open_by_commit
+    assert again.jobs.open == truth
+    assert again.jobs.by_cand == ctrl.jobs.by_cand and again.jobs.by_commit == ctrl.jobs.by_commit
 
 
 def test_a_merge_leaves_the_queue_alone_and_a_taken_candidate_is_rebased_onto_the_main_line(tmp_path, redis_client):
@@ -112,31 +120,31 @@ def test_a_merge_leaves_the_queue_alone_and_a_taken_candidate_is_rebased_onto_th
     win, a, clash, b = [store.get_candidate(f"c{i:04d}") for i in range(2, 6)]
     win_job = next(j for j in store.queued_jobs() if j.cand == win.id)
     assert store.remove_from_queue(win_job.id)
-    ctrl._closed(win_job.id)
+    ctrl.jobs.closed(win_job.id)
     store.transition(win.id, {State.QUEUED.value}, State.FINISHED.value)
     branches = repo.branches("candidates/t1")
 
-    ctrl._apply(store.get_candidate(win.id), judge_policy.Decision("merge", "planted"), ctrl.line())
+    ctrl.apply(store.get_candidate(win.id), judge_policy.Decision("merge", "planted"), ctrl.line())
 
     assert repo.main_line("t1") == ctrl.main == store.run_meta()["main"] == win.commit
     assert repo.branches("candidates/t1") == branches, "no candidate was rebased by the merge itself"
     assert [store.get_candidate(c.id).base for c in (a, clash, b)] == [old_main] * 3
-    taken = [ctrl._take("w0") for _ in range(4)]
+    taken = [ctrl.take("w0") for _ in range(4)]
     assert [j.purpose for j in taken] == ["baseline"] * 3 + ["measure"]
     job, now = taken[3], store.get_candidate(a.id)
     assert job.cand == a.id and job.commit == now.commit != a.commit
     assert now.base == win.commit and git(repo.path, "rev-parse", f"{job.commit}^").strip() == win.commit
     assert store.get_job(job.id).commit == job.commit, "the job's record names the rebased commit"
-    assert now.meta["rebased_from"] == a.commit and ctrl._open[job.id] == (a.id, job.commit)
+    assert now.meta["rebased_from"] == a.commit and ctrl.jobs.open[job.id] == (a.id, job.commit)
     assert repo.read_file(job.commit, "train.py") == set_constants(repo.read_file(win.commit, "train.py"),
                                                                    {"UNUSED": "2"})
     assert [store.get_candidate(c.id).base for c in (clash, b)] == [old_main] * 2, "only the taken one moved"
     clash_job = next(j for j in store.queued_jobs() if j.cand == clash.id)
-    nxt = ctrl._take("w0")  # the clash goes stale as it is taken; the worker gets the next one
+    nxt = ctrl.take("w0")  # the clash goes stale as it is taken; the worker gets the next one
     assert store.get_candidate(clash.id).state == State.STALE.value
-    assert store.job_state(clash_job.id) == "removed" and clash_job.id not in ctrl._open
+    assert store.job_state(clash_job.id) == "removed" and clash_job.id not in ctrl.jobs.open
     assert nxt.cand == b.id and store.get_candidate(b.id).base == win.commit
-    assert ctrl._take("w0") is None and store.running_jobs() and not store.queued_jobs()
+    assert ctrl.take("w0") is None and store.running_jobs() and not store.queued_jobs()
 
 
 def reference_history(ctrl: Controller, main: str):
@@ -147,7 +155,7 @@ def reference_history(ctrl: Controller, main: str):
     for cand in cands:
         if cand.origin == "baseline" or not cand.decision or cand.state not in ("merged", "discarded"):
             continue
-        runs = [r for r in ctrl.measured(cand.commit) if r.cand == cand.id]
+        runs = [r for r in ctrl.measured.of(cand.commit) if r.cand == cand.id]
         status = "ok" if any(r.status == "ok" for r in runs) else (runs[-1].status if runs else cand.state)
         tail = next((r.log_tail for r in reversed(runs) if r.status != "ok"), "")
         outcomes.append(Outcome(meta=dict(cand.meta, description=cand.description, candidate=cand.id, log_tail=tail),
@@ -176,18 +184,18 @@ def test_the_proposers_history_is_incremental_and_equals_a_full_read(tmp_path, r
                             + [bad])
     check()
     for _ in range(2):  # the baseline's three runs and five candidates' first
-        ctrl._dispatch()
-        for name in list(ctrl.inflight):
+        ctrl.dispatch()
+        for name in list(ctrl.fleet.inflight):
             finish(ctrl, name, 1.0)
-        ctrl._judge_finished()
+        ctrl.judge()
         check()
     win = next(c for c in ctrl.store.candidates() if "BONUS" in c.description)
     assert ctrl.store.get_candidate(win.id).state in ("queued", "running", "finished")
     for state in ("queued", "running"):
         ctrl.store.transition(win.id, {state}, "finished")
-    ctrl._apply(ctrl.store.get_candidate(win.id), judge_policy.Decision("merge", "planted"), ctrl.line())
+    ctrl.apply(ctrl.store.get_candidate(win.id), judge_policy.Decision("merge", "planted"), ctrl.line())
     check()
-    ctrl._dispatch()  # the next ones are rebased onto the new main line as they are taken
+    ctrl.dispatch()  # the next ones are rebased onto the new main line as they are taken
     h = check()
     assert h.outcomes and h.pending_descriptions and h.tried
     before = hgetalls(ctrl)
@@ -197,17 +205,16 @@ def test_the_proposers_history_is_incremental_and_equals_a_full_read(tmp_path, r
 
 
 def test_no_state_counts_are_read_once_the_experiment_budget_is_spent(tmp_path, redis_client):
-    ctrl = controller(tmp_path, redis_client, 4)
-    ctrl.cfg = ctrl.cfg.with_overrides({"run.max_experiments": 2})
+    ctrl = controller(tmp_path, redis_client, 4, **{"run.max_experiments": 2})
     ctrl.intake.admit_round(proposals(ctrl, [{"UNUSED": "51"}, {"UNUSED": "52"}]))
-    ctrl._dispatch()
-    assert ctrl.store.queue_depth() < len(ctrl.workers), "the queue has room for more"
+    ctrl.dispatch()
+    assert ctrl.store.queue_depth() < len(ctrl.fleet), "the queue has room for more"
     zcard = lambda: ctrl.store.r.info("commandstats").get("cmdstat_zcard", {}).get("calls", 0)
-    ctrl.intake._ask()  # the queue has room, the budget none: counted once, then remembered
-    assert ctrl.intake.proposal_ref is None
+    ctrl.intake.ask()  # the queue has room, the budget none: counted once, then remembered
+    assert not ctrl.intake.proposer.asking
     before = zcard()
     for _ in range(5):
-        ctrl.intake._ask()
+        ctrl.intake.ask()
     assert zcard() == before
 
 
@@ -222,8 +229,8 @@ def test_a_merge_makes_a_proposer_that_ran_dry_worth_asking_again(tmp_path, redi
     assert ctrl.intake.exhausted
     job = next(j for j in store.queued_jobs() if j.cand == win.id)
     assert store.remove_from_queue(job.id)
-    ctrl._closed(job.id)
+    ctrl.jobs.closed(job.id)
     store.transition(win.id, {State.QUEUED.value}, State.FINISHED.value)
-    ctrl._apply(store.get_candidate(win.id), judge_policy.Decision("merge", "planted"), ctrl.line())
+    ctrl.apply(store.get_candidate(win.id), judge_policy.Decision("merge", "planted"), ctrl.line())
     assert ctrl.main == win.commit
     assert not ctrl.intake.exhausted and ctrl.intake.dry == 0, "new neighbours: the proposer is asked again"

@@ -8,7 +8,8 @@ import itertools
 import numpy as np
 import pytest
 
-from cluster.loop.judge import Decision, JudgeConfig, Line, decide, noise_sigma, pick_merge
+from cluster.config import JudgeSettings
+from cluster.loop.judge import Decision, Line, decide, noise_sigma, pick_merge
 from cluster.records import Candidate, Purpose, Result
 
 H100 = "NVIDIA H100 80GB HBM3"
@@ -120,7 +121,7 @@ def test_clear_winner_confirms_after_one_run_and_merges_after_two() -> None:
 
 
 def test_without_confirm_a_winner_merges_at_once() -> None:
-    assert decide(cand(), [res(0.990)], line(BASE3), JudgeConfig(confirm=False)).action == "merge"
+    assert decide(cand(), [res(0.990)], line(BASE3), JudgeSettings(confirm=False)).action == "merge"
 
 
 def test_a_confirmation_that_does_not_replicate_is_discarded() -> None:
@@ -138,17 +139,17 @@ def test_a_loss_is_discarded_with_its_numbers() -> None:
 
 
 def test_noise_sigma_pools_with_the_prior_and_has_a_floor() -> None:
-    cfg = JudgeConfig()
+    cfg = JudgeSettings()
     assert noise_sigma([1.0], cfg) == cfg.default_noise
     assert noise_sigma([1.0], cfg, prior=0.003) == 0.003
-    assert noise_sigma([1.0, 1.0, 1.0], JudgeConfig(noise_prior_df=0)) == cfg.min_noise
-    assert noise_sigma(BASE3, JudgeConfig(noise_prior_df=0)) == pytest.approx(0.002)
+    assert noise_sigma([1.0, 1.0, 1.0], JudgeSettings(noise_prior_df=0)) == cfg.min_noise
+    assert noise_sigma(BASE3, JudgeSettings(noise_prior_df=0)) == pytest.approx(0.002)
     # a tight baseline is pulled towards the prior, not trusted on 2 degrees of freedom
     tight = noise_sigma([1.0, 1.0001, 0.9999], cfg)
     assert 0.0015 < tight < cfg.default_noise
 
 
-def _simulate(effect: float, n: int, seed: int, cfg: JudgeConfig = JudgeConfig(), sd: float = 0.002) -> float:
+def _simulate(effect: float, n: int, seed: int, cfg: JudgeSettings = JudgeSettings(), sd: float = 0.002) -> float:
     """Fraction of n candidates with true effect `effect` that merge, each against a fresh 3-run baseline."""
     rng = np.random.default_rng(seed)
     merged = 0
@@ -191,7 +192,7 @@ def test_deletion_that_is_clearly_worse_is_discarded() -> None:
 
 
 def test_deletion_is_not_special_when_simplify_merges_is_off() -> None:
-    assert decide(cand(removed=40), [res(1.001)], line(BASE3), JudgeConfig(simplify_merges=False)).action == "discard"
+    assert decide(cand(removed=40), [res(1.001)], line(BASE3), JudgeSettings(simplify_merges=False)).action == "discard"
 
 
 def test_added_lines_raise_the_bar() -> None:
@@ -207,7 +208,7 @@ def test_added_lines_raise_the_bar() -> None:
 
 
 def test_vram_cap_discards() -> None:
-    cfg = JudgeConfig(max_vram_mb=50000)
+    cfg = JudgeSettings(max_vram_mb=50000)
     assert decide(cand(), [res(0.99, vram=60000)], line(BASE3), cfg).action == "discard"
     assert decide(cand(), [res(0.99, vram=45000)], line(BASE3), cfg).action == "confirm"
 
@@ -253,7 +254,7 @@ def test_a_candidate_that_trains_past_the_main_lines_wall_time_is_a_cheat() -> N
     assert longer.action == "discard" and longer.reason.startswith("cheat: trained past its budget")
     assert "ran 80.5 s, the main line's 65.0 s (allowed 13.0 s more)" in longer.reason
     assert longer.numbers["status"] == "cheat"
-    off = decide(cand(), [timed(res(0.980), 80.5)], ln, JudgeConfig(max_overtime=0.0))
+    off = decide(cand(), [timed(res(0.980), 80.5)], ln, JudgeSettings(max_overtime=0.0))
     assert off.action == "confirm"
 
 

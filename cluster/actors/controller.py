@@ -28,16 +28,18 @@ class ControllerActor:
         from pathlib import Path
 
         from cluster.loop.controller import Controller
-        from cluster.store.server import connect
+        from cluster.loop.fleet import Fleet, ProposerCalls
         from cluster.repo import FarmRepo
         from cluster.store import Store
+        from cluster.store.server import connect
 
         self._lines: list[str] = []
         self._new_line = threading.Condition()
         self.repo = FarmRepo(Path(repo_path), editable=cfg.run.editable, frozen=tuple(cfg.run.frozen))
         self.r = connect(redis_url)
         store = Store(self.r, tag, prefix=cfg.store.prefix)
-        self.ctrl = Controller(cfg, tag, store, self.repo, workers, proposer, Path(run_dir), report=self._report)
+        self.ctrl = Controller(cfg, tag, store, self.repo, Fleet(workers), ProposerCalls(proposer), Path(run_dir),
+                               report=self._report)
 
     def _report(self, line: str) -> None:
         with self._new_line:

@@ -20,6 +20,7 @@ import ray
 from cluster.config import FarmConfig
 from cluster.errors import FarmError
 from cluster.loop.fleet import WorkerSlot
+from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,27 @@ def _gpu_order(place: dict[str, Any]) -> tuple:
     return (place["node_ip"], [int(g) if g.isdigit() else g for g in place["gpu_ids"]])
 
 
+def worker_settings(cfg: FarmConfig, name: str, work_root: str, gpu: bool) -> WorkerSettings:
+    """What the worker `name` is told: the run's and the training's configuration, and whether it has a GPU."""
+    return WorkerSettings(
+        name=name,
+        work_root=work_root,
+        command=tuple(cfg.train.command),
+        frozen=tuple(cfg.run.frozen),
+        editable=cfg.run.editable,
+        trusted_eval=cfg.train.trusted_eval,
+        disk_quota_gb=cfg.train.disk_quota_gb,
+        prepare_command=tuple(cfg.train.prepare_command),
+        budget=cfg.train.budget,
+        grace=cfg.train.grace,
+        cache_dir=cfg.train.cache_dir,
+        isolate_network=cfg.train.isolate_network,
+        env=dict(cfg.train.env),
+        cpu_threads=0 if gpu else max(1, int(cfg.workers.cpus_per_worker)),
+        device="" if gpu else "cpu",
+    )
+
+
 def start_workers(cfg: FarmConfig, tag: str, work_root: str) -> list[WorkerSlot]:
     """One actor per worker, each in its own bundle of a placement group, named after the node and
     GPU of its bundle (asked of the bundle first, since a name is given at creation), and checked
@@ -137,23 +159,7 @@ def start_workers(cfg: FarmConfig, tag: str, work_root: str) -> list[WorkerSlot]
         actor_cls = ray.remote(Worker)
         slots = []
         for i, name in zip(order, names):
-            settings = {
-                "name": name,
-                "work_root": work_root,
-                "command": list(cfg.train.command),
-                "frozen": list(cfg.run.frozen),
-                "editable": cfg.run.editable,
-                "trusted_eval": cfg.train.trusted_eval,
-                "disk_quota_gb": cfg.train.disk_quota_gb,
-                "prepare_command": list(cfg.train.prepare_command),
-                "budget": cfg.train.budget,
-                "grace": cfg.train.grace,
-                "cache_dir": cfg.train.cache_dir,
-                "isolate_network": cfg.train.isolate_network,
-                "env": dict(cfg.train.env),
-                "cpu_threads": 0 if gpu else max(1, int(cfg.workers.cpus_per_worker)),
-                "device": "" if gpu else "cpu",
-            }
+            settings = worker_settings(cfg, name, work_root, gpu)
             handle = actor_cls.options(
                 name=f"{tag}:{name}", namespace=NAMESPACE, get_if_exists=False, max_restarts=-1, max_concurrency=2,
                 num_gpus=gpus, num_cpus=cfg.workers.cpus_per_worker, scheduling_strategy=in_bundle(i),

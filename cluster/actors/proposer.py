@@ -27,12 +27,10 @@ class ProposerActor:
 
     def repair(self, meta: dict[str, Any], source: str, log_tail: str, tried: set[str]) -> Any:
         """A fix for a crashed candidate, from proposers that can make one (else None)."""
-        fix = getattr(self.policy, "repair", None)
-        return fix(meta, source, log_tail, tried) if fix else None
+        return self.policy.repair(meta, source, log_tail, tried)
 
     def status(self) -> dict[str, Any]:
-        return {"last_error": getattr(self.policy, "last_error", None),
-                "usage": dict(getattr(getattr(self.policy, "primary", self.policy), "usage", {}) or {})}
+        return self.policy.status()
 
 
 def start_proposer(cfg: FarmConfig, tag: str, profile: str, program: str = "",

@@ -9,9 +9,8 @@ winner replicate before it enters the main line.
 Noise estimate. The main line is measured only a few times (``baseline_runs``, 3 by default),
 and the standard deviation of 3 numbers is itself very noisy: about one time in five it comes out
 below half the true sigma, which alone would let ~5 % of pure-noise candidates through. So the
-line's own sample variance is pooled with a prior sigma (``history_sigma`` for that accelerator
-when the controller has one, else ``default_noise``) that counts as ``noise_prior_df`` degrees of
-freedom::
+line's own sample variance is pooled with a prior sigma (``default_noise``) that counts as
+``noise_prior_df`` degrees of freedom::
 
     sigma^2 = (sum (x - mean)^2 + noise_prior_df * prior^2) / (n - 1 + noise_prior_df)
 
@@ -43,24 +42,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cluster.config import JudgeSettings
 from cluster.records import Candidate, Purpose, Result, RunStatus
 
 ACTIONS = ("merge", "discard", "confirm", "rebase", "measure_line", "wait")
-
-
-@dataclass(frozen=True)
-class JudgeConfig:
-    baseline_runs: int = 3  # main-line measurements per accelerator before candidates are judged
-    confirm: bool = True  # an apparent winner is re-measured before it merges
-    noise_k: float = 2.0  # margin = noise_k * sigma * sqrt(1/n_cand + 1/n_line)
-    default_noise: float = 0.002  # prior sigma when no history_sigma is known for the accelerator
-    min_noise: float = 0.0005  # floor on sigma: a lucky tight baseline must not make noise significant
-    bpb_per_line: float = 0.0001  # extra gain required per net added line of code
-    simplify_merges: bool = True  # a net deletion within the noise merges (after confirmation)
-    max_vram_mb: float | None = None  # soft cap: a candidate peaking above it is discarded
-    noise_prior_df: float = 4.0  # weight (degrees of freedom) of the prior sigma in the pooled estimate
-    max_overtime: float = 0.2  # a training process outlasting the line's median by more than this fraction
-    # of it (and 5 s) trained past its budget: discarded as cheat; 0 = no check
 
 
 @dataclass(frozen=True)
@@ -69,7 +54,6 @@ class Line:
 
     commit: str
     results: list[Result]  # every measurement of the main-line commit, any accelerator
-    history_sigma: dict[str, float] = field(default_factory=dict)  # pooled sigma per accelerator
 
 
 @dataclass(frozen=True)
@@ -101,7 +85,7 @@ class _Eval:
     kind: str  # "win" | "simpler" | "none"
 
 
-def noise_sigma(values: Sequence[float], cfg: JudgeConfig = JudgeConfig(), prior: float | None = None) -> float:
+def noise_sigma(values: Sequence[float], cfg: JudgeSettings = JudgeSettings(), prior: float | None = None) -> float:
     """Seed-noise sigma of repeated measurements of one commit, pooled with a prior (see module doc)."""
     prior_sigma = cfg.default_noise if prior is None else prior
     n = len(values)
@@ -129,7 +113,7 @@ def _accelerator(ok: Sequence[Result], line: Line) -> str:
 
 
 def _evaluate(
-    cand: Sequence[float], ref: Sequence[float], sigma: float, net_lines: int, cfg: JudgeConfig
+    cand: Sequence[float], ref: Sequence[float], sigma: float, net_lines: int, cfg: JudgeSettings
 ) -> _Eval:
     cm, rm = _mean(cand), _mean(ref)
     delta = cm - rm
@@ -175,7 +159,7 @@ def decide(
     cand: Candidate,
     results: Sequence[Result],
     line: Line,
-    cfg: JudgeConfig = JudgeConfig(),
+    cfg: JudgeSettings = JudgeSettings(),
     base_results: Sequence[Result] | None = None,
 ) -> Decision:
     """Judge one candidate from its accepted results; ``base_results`` measure ``cand.base`` when it is old."""
@@ -204,12 +188,11 @@ def decide(
     cand_vals = [float(r.val_bpb) for r in ok]  # type: ignore[arg-type]
 
     peaks = [r.peak_vram_mb for r in ok if r.peak_vram_mb is not None]
-    if cfg.max_vram_mb is not None and peaks and max(peaks) > cfg.max_vram_mb:
+    if cfg.max_vram_mb and peaks and max(peaks) > cfg.max_vram_mb:  # 0: no cap
         return out("discard", f"vram: peak {max(peaks):.0f} MB > cap {cfg.max_vram_mb:.0f} MB", peak_vram_mb=max(peaks))
 
-    prior = line.history_sigma.get(acc)
     if cand.base != line.commit:
-        return _judge_old_base(cand_vals, base_results or [], acc, net, prior, cfg, out)
+        return _judge_old_base(cand_vals, base_results or [], acc, net, cfg, out)
 
     line_vals = [float(r.val_bpb) for r in line.results if _usable(r) and r.accelerator == acc]  # type: ignore[arg-type]
     if len(line_vals) < max(1, cfg.baseline_runs):
@@ -225,7 +208,7 @@ def decide(
     if over:
         return out("discard", f"cheat: {over}", status=RunStatus.CHEAT.value)
 
-    sigma = noise_sigma(line_vals, cfg, prior)
+    sigma = noise_sigma(line_vals, cfg)
     ev = _evaluate(cand_vals, line_vals, sigma, net, cfg)
     nums.update(
         delta=ev.delta, margin=ev.margin, required=ev.required, sigma=sigma, n_cand=ev.n_cand,
@@ -253,7 +236,7 @@ def decide(
     return out("merge", f"{text}, confirmed ({rev.delta:+.4f} on its own) -> merge")
 
 
-def overtime(cand: Sequence[Result], line: Sequence[Result], cfg: JudgeConfig = JudgeConfig()) -> str | None:
+def overtime(cand: Sequence[Result], line: Sequence[Result], cfg: JudgeSettings = JudgeSettings()) -> str | None:
     """Why the candidate's training ran past its budget, or None. Wall times are the worker's
     (``train_wall_seconds``: the training process alone, start-up and compilation included), so a
     candidate cannot talk them down; the allowance absorbs start-up differences such as a cold
@@ -275,15 +258,14 @@ def _judge_old_base(
     base_results: Sequence[Result],
     acc: str,
     net: int,
-    prior: float | None,
-    cfg: JudgeConfig,
+    cfg: JudgeSettings,
     out: Callable[..., Decision],
 ) -> Decision:
     """A candidate measured on an older main line never merges as it is: rebase it if it beat its base."""
     base_vals = [float(r.val_bpb) for r in base_results if _usable(r) and r.accelerator == acc]
     if not base_vals:
         return out("rebase", f"base is old and has no runs on {acc} to compare with -> rebase and measure again")
-    sigma = noise_sigma(base_vals, cfg, prior)
+    sigma = noise_sigma(base_vals, cfg)
     ev = _evaluate(cand_vals, base_vals, sigma, net, cfg)
     text = _describe(ev, net, "its base")
     more = {
