@@ -14,11 +14,13 @@ import subprocess
 from contextlib import ExitStack
 from pathlib import Path
 
+import psutil
 import ray
 
 from cluster.actors import placement, proposer as proposer_actor
 from cluster.config import FarmConfig
 from cluster.loop.controller import Controller
+from cluster.loop.fleet import Fleet, ProposerCalls
 from cluster.launch import open_run
 from proposer.base import Proposal
 
@@ -94,8 +96,8 @@ class Farm:
             self.proposer = ray.remote(ScriptedProposer).options(num_cpus=0).remote(edits)
         self.stack.callback(placement.kill_actors, [self.proposer])
         self.lines: list[str] = []
-        self.ctrl = Controller(cfg, self.ctx.tag, self.ctx.store, self.ctx.repo, self.workers, self.proposer,
-                               self.ctx.run_dir, report=self.lines.append)
+        self.ctrl = Controller(cfg, self.ctx.tag, self.ctx.store, self.ctx.repo, Fleet(self.workers),
+                               ProposerCalls(self.proposer), self.ctx.run_dir, report=self.lines.append)
         self.ctrl.start(resume)
 
     @property
@@ -118,6 +120,17 @@ class Farm:
 
     def by_description(self):
         return {c.description: c for c in self.store.candidates()}
+
+
+def training_process(job) -> psutil.Process | None:
+    """The scripted train.py process of this attempt of ``job`` once its training is under way
+    (it has written ``training.started`` in its run directory), else None."""
+    for p in psutil.process_iter(["cmdline", "cwd"]):
+        cmd, cwd = p.info["cmdline"] or [], p.info["cwd"] or ""
+        if cmd[-1:] == ["train.py"] and cwd.endswith(f"/runs/{job.id}-a{job.attempt}") \
+                and (Path(cwd) / "training.started").exists():
+            return p
+    return None
 
 
 def copy_fixture(name: str, dest: Path) -> Path:

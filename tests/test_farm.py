@@ -12,7 +12,7 @@ import ray
 
 from cluster.actors import placement
 from cluster.records import State
-from tests.farmkit import Farm, farm_config, git, make_repo
+from tests.farmkit import Farm, farm_config, git, make_repo, training_process
 
 pytestmark = pytest.mark.slow
 
@@ -197,8 +197,7 @@ def test_a_worker_killed_mid_run_has_its_candidate_run_again_with_one_result(ray
         while time.time() < deadline and not killed:
             for job in farm.store.running_jobs():
                 cand = farm.store.get_candidate(job.cand)
-                if cand.description == "slow":
-                    time.sleep(1.0)  # well inside the 4 s run
+                if cand.description == "slow" and training_process(job):  # its training under way
                     os.kill(pids[job.worker], signal.SIGKILL)
                     killed.append(job)
                     return
@@ -308,8 +307,7 @@ def test_a_worker_stopped_past_its_lease_loses_its_job_and_its_late_result_is_re
         while time.time() < deadline:
             if stopped is None:
                 for job in farm.store.running_jobs():
-                    if farm.store.get_candidate(job.cand).description == "slow":
-                        time.sleep(0.5)
+                    if farm.store.get_candidate(job.cand).description == "slow" and training_process(job):
                         stopped = pids[job.worker]
                         os.kill(stopped, signal.SIGSTOP)
                         events.append(("stopped", job.worker, job.attempt))
@@ -353,8 +351,7 @@ def test_a_worker_that_answers_no_heartbeat_loses_its_job_long_before_its_lease(
         deadline = time.time() + 60
         while time.time() < deadline and not stopped:
             for job in farm.store.running_jobs():
-                if farm.store.get_candidate(job.cand).description == "slow":
-                    time.sleep(0.5)
+                if farm.store.get_candidate(job.cand).description == "slow" and training_process(job):
                     os.kill(pids[job.worker], signal.SIGSTOP)
                     stopped.append((pids[job.worker], time.time(), job.worker))
                     return

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from cluster.records import State
-from tests.farmkit import Farm, farm_config, make_repo
+from tests.farmkit import Farm, farm_config, make_repo, training_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -25,15 +25,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.faults]
 @pytest.fixture
 def repo(tmp_path):
     return make_repo(tmp_path / "target")
-
-
-def training_process(job) -> psutil.Process | None:
-    """The scripted train.py process of this attempt (its cwd is the attempt's run directory)."""
-    for p in psutil.process_iter(["cmdline", "cwd"]):
-        cmd, cwd = p.info["cmdline"] or [], p.info["cwd"] or ""
-        if cmd[-1:] == ["train.py"] and cwd.endswith(f"/runs/{job.id}-a{job.attempt}"):
-            return p
-    return None
 
 
 def worker_process(farm, job) -> psutil.Process | None:
@@ -46,7 +37,8 @@ def worker_process(farm, job) -> psutil.Process | None:
 def test_processes_killed_mid_run_twice_have_their_candidate_run_again_with_one_result(ray_local, repo, target):
     edits = [("slow", {"SLEEP": "3.0"}), ("neutral a", {"UNUSED": "11"}), ("neutral b", {"UNUSED": "12"})]
     farm = Farm(farm_config(repo, **{"judge.baseline_runs": 1, "workers.max_lost": 3}), edits)
-    find = training_process if target == "training process" else (lambda job: worker_process(farm, job))
+    find = training_process if target == "training process" else (
+        lambda job: worker_process(farm, job) if training_process(job) else None)
     killed = []  # attempts of the slow candidate's measurement job that were killed
     job_id = []
 
@@ -55,9 +47,8 @@ def test_processes_killed_mid_run_twice_have_their_candidate_run_again_with_one_
         while time.time() < deadline and len(killed) < 2:
             for job in farm.store.running_jobs():
                 if farm.store.get_candidate(job.cand).description == "slow" and job.attempt > len(killed):
-                    proc = find(job)
+                    proc = find(job)  # once its training is under way
                     if proc is not None:
-                        time.sleep(0.5)  # well inside the 3 s run
                         os.kill(proc.pid, signal.SIGKILL)
                         killed.append(job.attempt)
                         job_id.append(job.id)
