@@ -10,6 +10,11 @@
     autoresearch-farm status  [--tag TAG] [--json]
     autoresearch-farm results [--tag TAG] [--format tsv|csv|json]
     autoresearch-farm plot    [--tag TAG] [--out progress.png]
+
+status, results, plot and submit take `--address [URL]` to reach a run on a Ray cluster; with it (and
+with pull), `--home DIR` names the farm's home on the head (default ~/autoresearch-farm). The work is
+done elsewhere: cluster/launch.py (run), cluster/remote/client.py (a cluster), cluster/report/ (status,
+results, plot).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from contextlib import ExitStack
 
 from cluster import config as config_mod
 from cluster.errors import FarmError
-from cluster.records import State
+from cluster.remote.protocol import DEFAULT_HOME, SUBMIT_DIR
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -35,14 +40,18 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="log the farm's internals")
 
 
-def _cluster(p: argparse.ArgumentParser, optional: bool = False) -> None:
-    """--address / --token: talk to a run on a Ray cluster through its Jobs API."""
+def _cluster(p: argparse.ArgumentParser, optional: bool = False, home: bool = True) -> None:
+    """--address / --token (and --home, where the head's files are read): talk to a run on a Ray cluster
+    through its Jobs API."""
     if optional:
         p.add_argument("--address", nargs="?", const="", default=None,
                        help="read the run on the Ray cluster at ADDRESS (alone: RAY_ADDRESS), e.g. http://HEAD:8265")
     else:
         p.add_argument("--address", default="", help="the cluster's dashboard, e.g. http://HEAD:8265 (default: RAY_ADDRESS)")
     p.add_argument("--token", help="Ray's auth token, if the cluster uses token auth (default: RAY_AUTH_TOKEN or its file)")
+    if home:
+        p.add_argument("--home", default=DEFAULT_HOME, metavar="DIR",
+                       help=f"the farm's home on the cluster's head, for --address (default: {DEFAULT_HOME})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,10 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     logs = sub.add_parser("logs", help="stream the log of a run submitted to a cluster")
     logs.add_argument("job", help="the run's tag or its job id")
-    _cluster(logs)
+    _cluster(logs, home=False)
     stop = sub.add_parser("stop", help="stop a run submitted to a cluster (running candidates go back to the queue)")
     stop.add_argument("job", help="the run's tag or its job id")
-    _cluster(stop)
+    _cluster(stop, home=False)
     pull = sub.add_parser("pull", help="fetch a cluster run's main line and candidate branches into this repository")
     pull.add_argument("--tag", help="the run (default: the newest submitted from this repository)")
     pull.add_argument("--repo", help="the local clone (default: the current directory)")
@@ -144,60 +153,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if why != "stopped" else 130
 
 
-def status_dict(store) -> dict:
-    from cluster.report.results import costs
-
-    meta = store.run_meta() or {}
-    counts = store.count_by_state()
-    main = meta.get("main")
-    results = store.results()
-    line = [r.val_bpb for r in results if r.commit == main and r.val_bpb is not None]
-    base = [r.val_bpb for r in results if r.commit == meta.get("baseline") and r.val_bpb is not None]
-    board = []
-    for c in store.candidates({State.MERGED.value}):
-        vals = [r.val_bpb for r in results if r.commit == c.commit and r.val_bpb is not None]
-        if vals:
-            board.append({"cand": c.id, "commit": c.commit[:8], "val_bpb": sum(vals) / len(vals),
-                          "description": c.description})
-    return {
-        "tag": store.tag, "status": meta.get("status"), "main": main, "created": meta.get("created"),
-        "baseline_bpb": sum(base) / len(base) if base else None, "best_bpb": sum(line) / len(line) if line else None,
-        "candidates": counts, "queued": store.queue_depth(),
-        "running": [{"cand": j.cand, "job": j.id, "worker": j.worker, "attempt": j.attempt}
-                    for j in store.running_jobs()],
-        "experiments_measured": len({r.cand for r in results}), "measurements": len(results),
-        "refused_late_results": len(store.refused()), "merged": board, "why_ended": meta.get("why"),
-        "cost": costs(store), "workers": store.live_workers(), "controller": meta.get("controller"),
-    }
-
-
-def _print_status(s: dict) -> None:
-    best, base = s["best_bpb"], s["baseline_bpb"]
-    print(f"run {s['tag']}: {s['status']}" + (f" ({s['why_ended']})" if s.get("why_ended") else ""))
-    if best is not None:
-        delta = f" ({best - base:+.6f} vs baseline {base:.6f})" if base is not None else ""
-        print(f"best val_bpb {best:.6f}{delta} at {s['main'][:8]}")
-    print("candidates: " + ", ".join(f"{k} {v}" for k, v in sorted(s["candidates"].items())) + f"; queued jobs {s['queued']}")
-    if s.get("controller"):
-        c = s["controller"]
-        print(f"controller: actor {c['actor']} on {c.get('node_ip', '?')} (pid {c.get('pid', '?')})")
-    for r in s["running"]:
-        print(f"  running {r['cand']} on {r['worker']} (attempt {r['attempt']})")
-    if s["workers"]:
-        now = time.time()
-        print("workers: " + ", ".join(f"{n} ({w.get('accelerator', '?')}, seen {now - w['at']:.0f}s ago)"
-                                      for n, w in sorted(s["workers"].items())))
-    for m in s["merged"]:
-        print(f"  {m['commit']} {m['val_bpb']:.6f} {m['cand']} {m['description']}")
-    c = s["cost"]
-    line = (f"cost: {c['gpu_hours']:.2f} GPU-h, {c['worker_hours']:.2f} worker-h, "
-            f"{c['prompt_tokens'] + c['completion_tokens']:,} LLM tokens, ${c['usd']:.2f}")
-    for what, label in (("per_experiment", "experiment"), ("per_merged", "merged improvement")):
-        if c[what]:
-            line += f"; per {label}: {c[what]['gpu_hours']:.2f} GPU-h, ${c[what]['usd']:.2f}"
-    print(line)
-
-
 def _open_store(args: argparse.Namespace, stack: ExitStack):
     from cluster.launch import open_run
     from cluster.store import Store
@@ -214,12 +169,14 @@ def _open_store(args: argparse.Namespace, stack: ExitStack):
 def cmd_status(args: argparse.Namespace) -> int:
     if args.address is not None:
         return _remote(args, ["status"] + (["--json"] if args.json else []))
+    from cluster.report.status import format_status, status_dict
+
     with ExitStack() as stack:
         s = status_dict(_open_store(args, stack))
     if args.json:
         print(json.dumps(s, indent=2))
     else:
-        _print_status(s)
+        sys.stdout.write(format_status(s))
     return 0
 
 
@@ -229,7 +186,8 @@ def cmd_submit(args: argparse.Namespace, rest: list[str]) -> int:
     if not (args.patch or args.idea):  # a whole run, as a Ray job
         run_args = rest + (["--config", args.config] if args.config else [])
         build_parser().parse_args(["run", *run_args])  # refuse bad run options here, with run's usage
-        job_id, tag, url = remote.submit_run(args.address, args.repo or ".", run_args, tag=args.tag, token=args.token)
+        job_id, tag, url = remote.submit_run(args.address, args.repo or ".", run_args, tag=args.tag, token=args.token,
+                                             head_home=args.home)
         print(f"submitted run {tag} as job {job_id}\n  dashboard: {url}\n"
               f"  follow it: autoresearch-farm logs {tag} --address {remote.resolve_address(args.address)}")
         return 0
@@ -239,7 +197,7 @@ def cmd_submit(args: argparse.Namespace, rest: list[str]) -> int:
         if args.idea:
             argv, files = ["submit", "--idea", args.idea], None
         else:
-            argv = ["submit", "--patch", f"{remote.SUBMIT_DIR}/patch.diff"]
+            argv = ["submit", "--patch", f"{SUBMIT_DIR}/patch.diff"]
             files = {"patch.diff": sys.stdin.read() if args.patch == "-" else _read(args.patch)}
         if args.description:
             argv += ["--description", args.description]
@@ -251,7 +209,7 @@ def _remote(args: argparse.Namespace, argv: list[str], files: dict[str, str] | N
     from cluster.remote import client as remote
 
     rc, out, err = remote.remote_cli(args.address or None, getattr(args, "repo", None) or ".", argv, tag=args.tag,
-                                   token=args.token, files=files)
+                                     token=args.token, head_home=args.home, files=files)
     sys.stdout.write(out)
     sys.stderr.write(err)
     return rc
@@ -314,7 +272,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         from cluster.remote import client as remote
 
         rc, tsv, err = remote.remote_cli(args.address or None, args.repo or ".", ["results"], tag=args.tag,
-                                       token=args.token)
+                                         token=args.token, head_home=args.home)
         if rc:
             raise FarmError(err.strip() or "the cluster could not read the run")
         header, *lines = tsv.splitlines()
@@ -353,7 +311,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_pull(args: argparse.Namespace) -> int:
     from cluster.remote import client as remote
 
-    changed = remote.pull(args.address or None, args.repo or ".", args.tag, force=args.force, token=args.token)
+    changed = remote.pull(args.address or None, args.repo or ".", args.tag, force=args.force, token=args.token,
+                          head_home=args.home)
     for branch, sha in changed.items():
         print(f"{branch} -> {sha[:12]}")
     print(f"{len(changed)} branch(es) updated")

@@ -5,7 +5,8 @@
     python -m cluster.head query ... -- ARGS   `status`, `results` or `submit` against a run, for `remote_cli`
     python -m cluster.head bundle ...          the run's branches as a git bundle, for `pull`
 
-Everything durable lives under the farm home (see cluster/remote/client.py's docstring).
+Everything durable lives under the head's home, `--home` of every command (default
+`~/autoresearch-farm`; its layout is in cluster/remote/protocol.py's docstring).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import argparse
 import base64
 import contextlib
 import io
-import json
 import logging
 import os
 import secrets
@@ -27,13 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from cluster.errors import FarmError
-from cluster.remote.client import (BEGIN, END, DEFAULT_HOME, HOME_ENV, QUERY_COMMANDS, REDIS_PORT, SUBMIT_DIR, _checked, _flag, _git)
+from cluster.repo.branches import candidate_prefix, main_branch
+from cluster.remote.protocol import (DEFAULT_HOME, QUERY_COMMANDS, REDIS_PORT, SUBMIT_DIR, checked_name, flag_value,
+                                     format_payload, git)
 
 log = logging.getLogger(__name__)
 
 
-def farm_home(path: str | None = None) -> Path:
-    return Path(path or os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser().resolve()
+def head_home(path: str = DEFAULT_HOME) -> Path:
+    """The head's home (`--home`), where the farm's Redis and the runs' repositories live, as an absolute path."""
+    return Path(path or DEFAULT_HOME).expanduser().resolve()
 
 
 def _private_ip() -> str | None:
@@ -111,7 +114,7 @@ def head_redis(home: Path, *, port: int = REDIS_PORT, bind: list[str] | None = N
 def _redis_url(home: Path, run_args: list[str], saved: Path | None = None) -> list[str]:
     """`--redis URL` for the farm: the user's own if given (remembered in `saved` for later looks),
     else the one the run used, else the head's durable Redis."""
-    given = _flag(run_args, "--redis")
+    given = flag_value(run_args, "--redis")
     if given is not None:
         if saved:
             _write_private(saved, given + "\n")
@@ -140,22 +143,22 @@ def _pick_run(home: Path, rid: str, tag: str | None) -> tuple[str, Path]:
 
 
 def _cluster_run(ns: argparse.Namespace) -> int:
-    home = farm_home(ns.home)
+    home = head_home(ns.home)
     (_runs_dir(home, ns.repo_id)).mkdir(parents=True, exist_ok=True)
     redis_args = _redis_url(home, ns.args, _runs_dir(home, ns.repo_id) / f".{ns.tag}.redis")
     bare = home / "repos" / f"{ns.repo_id}.git"
     if not bare.exists():
         bare.parent.mkdir(parents=True, exist_ok=True)
-        _git(bare.parent, "init", "-q", "--bare", str(bare))
+        git(bare.parent, "init", "-q", "--bare", str(bare))
     submitted = f"refs/farm/submitted/{ns.tag}"
-    _git(bare, "fetch", "-q", str(Path.cwd() / SUBMIT_DIR / "head.bundle"), f"+HEAD:{submitted}")
-    sha = _git(bare, "rev-parse", submitted)
+    git(bare, "fetch", "-q", str(Path.cwd() / SUBMIT_DIR / "head.bundle"), f"+HEAD:{submitted}")
+    sha = git(bare, "rev-parse", submitted)
     worktree = _runs_dir(home, ns.repo_id) / ns.tag
-    _git(bare, "worktree", "prune")
+    git(bare, "worktree", "prune")
     if not worktree.exists():
-        _git(bare, "worktree", "add", "-q", "--detach", str(worktree), sha)
+        git(bare, "worktree", "add", "-q", "--detach", str(worktree), sha)
     elif "--resume" not in ns.args:
-        _git(worktree, "checkout", "-q", "--detach", "--force", sha)
+        git(worktree, "checkout", "-q", "--detach", "--force", sha)
     log.info("run %s: %s at %s in %s", ns.tag, ns.repo_id, sha[:8], worktree)
     from cluster.cli import main as cli_main
 
@@ -164,15 +167,14 @@ def _cluster_run(ns: argparse.Namespace) -> int:
 
 def _emit(payload: dict[str, Any]) -> None:
     """Print a payload for the client to find in the job's log (base64: immune to other log lines)."""
-    data = base64.b64encode(json.dumps(payload).encode()).decode()
-    sys.stdout.write(BEGIN + "\n" + "\n".join(data[i:i + 76] for i in range(0, len(data), 76)) + "\n" + END + "\n")
+    sys.stdout.write(format_payload(payload))
     sys.stdout.flush()
 
 
 def _cluster_query(ns: argparse.Namespace) -> dict[str, Any]:
     if not ns.args or ns.args[0] not in QUERY_COMMANDS:
         raise FarmError(f"query runs only {', '.join(QUERY_COMMANDS)}")
-    home = farm_home(ns.home)
+    home = head_home(ns.home)
     tag, worktree = _pick_run(home, ns.repo_id, ns.tag)
     from cluster.cli import main as cli_main
 
@@ -184,19 +186,19 @@ def _cluster_query(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cluster_bundle(ns: argparse.Namespace) -> dict[str, Any]:
-    home = farm_home(ns.home)
+    home = head_home(ns.home)
     tag, _ = _pick_run(home, ns.repo_id, ns.tag)
     bare = home / "repos" / f"{ns.repo_id}.git"
-    lines = _git(bare, "for-each-ref", "--format=%(objectname) %(refname)", f"refs/heads/autoresearch/{tag}",
-                 f"refs/heads/candidates/{tag}/").splitlines()
+    lines = git(bare, "for-each-ref", "--format=%(objectname) %(refname)", f"refs/heads/{main_branch(tag)}",
+                 f"refs/heads/{candidate_prefix(tag)}").splitlines()
     refs = {ref.removeprefix("refs/heads/"): sha for sha, ref in (line.split(" ", 1) for line in lines)}
     if not refs:
         raise FarmError(f"run {tag} has no branches yet (it starts its main line after the workers are up)")
     haves = [h for h in (ns.have or "").split(",") if h and subprocess.run(
         ["git", "cat-file", "-e", h + "^{commit}"], cwd=bare, capture_output=True).returncode == 0]
     with tempfile.TemporaryDirectory() as tmp:
-        out = subprocess.run(["git", "bundle", "create", "-q", f"{tmp}/run.bundle", f"refs/heads/autoresearch/{tag}",
-                              f"--branches=candidates/{tag}", *(f"^{h}" for h in haves)], cwd=bare,
+        out = subprocess.run(["git", "bundle", "create", "-q", f"{tmp}/run.bundle", f"refs/heads/{main_branch(tag)}",
+                              f"--branches={candidate_prefix(tag).rstrip('/')}", *(f"^{h}" for h in haves)], cwd=bare,
                              capture_output=True, text=True)
         if out.returncode and "empty bundle" not in out.stderr:
             raise FarmError(f"git bundle failed on the head: {out.stderr.strip()}")
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     """The cluster-side commands the client's jobs run (and head_start_ray_commands' head-redis)."""
     def checked(value: str) -> str:
         try:
-            return _checked("name", value)
+            return checked_name("name", value)
         except FarmError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -218,13 +220,13 @@ def main(argv: list[str] | None = None) -> int:
         s = sub.add_parser(name)
         s.add_argument("--repo-id", required=True, type=checked)
         s.add_argument("--tag", required=(name == "run"), type=checked)
-        s.add_argument("--home", help=f"farm home (default ${HOME_ENV} or {DEFAULT_HOME})")
+        s.add_argument("--home", default=DEFAULT_HOME, help=f"the head's home (default {DEFAULT_HOME})")
         if name == "bundle":
             s.add_argument("--have", default="", help="commits the client has, comma-separated")
         else:
             s.add_argument("args", nargs=argparse.REMAINDER)
     r = sub.add_parser("head-redis", help="start (or keep) the farm's durable Redis on the head")
-    r.add_argument("--home")
+    r.add_argument("--home", default=DEFAULT_HOME, help=f"the head's home (default {DEFAULT_HOME})")
     r.add_argument("--port", type=int, default=REDIS_PORT)
     r.add_argument("--bind", action="append", help="address to listen on (repeat; default loopback + private IP)")
     ns = p.parse_args(argv)
@@ -234,8 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         ns.args = ns.args[1:]
     try:
         if ns.command == "head-redis":
-            head_redis(farm_home(ns.home), port=ns.port, bind=ns.bind)
-            log.info("the farm's Redis URL (with its password) is in %s", farm_home(ns.home) / "redis" / "url")
+            home = head_home(ns.home)
+            head_redis(home, port=ns.port, bind=ns.bind)
+            log.info("the farm's Redis URL (with its password) is in %s", home / "redis" / "url")
             return 0
         if ns.command == "run":
             return _cluster_run(ns)

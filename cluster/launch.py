@@ -1,8 +1,12 @@
-"""Wiring for `autoresearch-farm run`: resolve the run, start its services, run the controller actor.
+"""Opening a run and running the farm: what `autoresearch-farm run` (and every local look) starts.
 
-A run lives in three places: its main line and candidate branches in the target repository,
-its records in Redis (an embedded server under the repository's .git directory by default, so
-the user's working tree never sees a file of ours), and its logs in the run directory.
+Opening a run (`open_run`): the target repository (`open_repo`), the Redis that holds its records
+(the one `store.redis` names, else an embedded server under the repository's .git directory,
+`repo_farm_dir`, so the user's working tree never sees a file of ours), the run's store on it, and
+its run directory for the logs. Running the farm (`run_farm`): Ray (joined or started), the worker
+actors (one per GPU), the proposer actor and the controller actor, whose loop runs the run; this
+process prints what the controller reports, passes a Ctrl-C / SIGTERM on as a stop, and records how
+the run ended.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Callable
 from cluster.config import FarmConfig
 from cluster.errors import FarmError, RepoError
 from cluster.store.server import EmbeddedRedis, check_exposure, connect
-from cluster.repo import FarmRepo
+from cluster.repo import FarmRepo, main_branch
 from cluster.store import Store
 
 log = logging.getLogger(__name__)
@@ -32,7 +36,7 @@ def default_tag(today: dt.date | None = None) -> str:
     return d.strftime("%b").lower() + str(d.day)
 
 
-def farm_home(repo: Path) -> Path:
+def repo_farm_dir(repo: Path) -> Path:
     """<repo>/.git/autoresearch-farm: the run dirs and the embedded Redis (worktrees share it)."""
     try:
         common = subprocess.run(["git", "rev-parse", "--git-common-dir"], cwd=repo, capture_output=True,
@@ -77,21 +81,21 @@ def open_repo(cfg: FarmConfig, stack: ExitStack) -> FarmRepo:
 def open_run(cfg: FarmConfig, stack: ExitStack, *, tag: str | None = None, keep_alive: bool = False) -> RunContext:
     """Open the repository and the store of a run (starting the embedded Redis when needed)."""
     repo_path = Path(cfg.run.repo).expanduser().resolve()
-    home = farm_home(repo_path)
+    farm_dir = repo_farm_dir(repo_path)
     tag = tag or cfg.run.tag or default_tag()
     repo = open_repo(cfg, stack)
     if cfg.store.redis:
         url = cfg.store.redis
         check_exposure(url)
     else:
-        server = EmbeddedRedis(home / "redis", appendfsync=cfg.store.appendfsync)
+        server = EmbeddedRedis(farm_dir / "redis", appendfsync=cfg.store.appendfsync)
         url = server.start()
         stack.callback(_stop_if_idle, server, url, cfg.store.prefix)
         if keep_alive:
             stack.callback(server.keep_alive())  # a killed server is restarted from its AOF
     r = connect(url)
     stack.callback(r.close)
-    run_dir = Path(cfg.run.run_dir).expanduser() if cfg.run.run_dir else home / "runs" / tag
+    run_dir = Path(cfg.run.run_dir).expanduser() if cfg.run.run_dir else farm_dir / "runs" / tag
     run_dir.mkdir(parents=True, exist_ok=True)
     return RunContext(cfg, tag, repo, Store(r, tag, prefix=cfg.store.prefix), run_dir, url, repo_path)
 
@@ -142,7 +146,7 @@ def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], N
             except RepoError:
                 pass  # no such branch yet: a new run
             else:
-                raise RepoError(f"run tag {ctx.tag} already exists (branch autoresearch/{ctx.tag}); "
+                raise RepoError(f"run tag {ctx.tag} already exists (branch {main_branch(ctx.tag)}); "
                                 f"pass --resume to continue it or choose another --tag")
         started_ray = placement.init_ray(ray_address, dashboard=dashboard, metrics_port=metrics_port)
         if started_ray:

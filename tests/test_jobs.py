@@ -5,7 +5,6 @@ through the Jobs API alone (status, results, pull) after the job has ended."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -29,9 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FARM_TOML = SCRIPTED_CONFIG
 
 
-HEAD_HOME: dict[str, Path] = {}  # the head's default farm home, set by the `address` fixture
-
-
 @pytest.fixture(scope="module")
 def address(tmp_path_factory):
     """A Ray head of its own with its dashboard (the Jobs API), as on a cluster's head: `ray start
@@ -44,10 +40,7 @@ def address(tmp_path_factory):
            "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port()),
            "--num-cpus", "4", "--num-gpus", "0", "--temp-dir", temp_dir, "--disable-usage-stats"]
     log = (tmp_path_factory.mktemp("ray") / "ray-start.log").open("w")
-    # the head's farm home for jobs that do not name one (the CLI's), kept out of the real home
-    env = dict(os.environ, AUTORESEARCH_FARM_HOME=str(tmp_path_factory.mktemp("cli-farm-home")))
-    head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    HEAD_HOME["path"] = Path(env["AUTORESEARCH_FARM_HOME"])
+    head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     try:
@@ -72,7 +65,7 @@ def address(tmp_path_factory):
 
 
 def wait(address: str, job_id: str, timeout: float = 60.0) -> str:
-    return jobs._wait(jobs.client(address), job_id, timeout)
+    return jobs.wait_job(jobs.client(address), job_id, timeout)
 
 
 def test_address_and_token_resolution(monkeypatch, tmp_path):
@@ -191,30 +184,31 @@ def test_submitted_run_comes_home_after_the_job_ended(address, head_home, tmp_pa
     git(repo, "add", "farm.toml", ".gitignore")
     git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "farm config")
     job_id, tag, url = jobs.submit_run(address, repo, ["--config", "farm.toml", "--max-experiments", "2"],
-                                       tag="jt", farm_home=str(home))
+                                       tag="jt", head_home=str(home))
     assert tag == "jt" and url.endswith(job_id)
+    assert f"--home {home} " in jobs.job_status(address, job_id)["entrypoint"]  # the head's home, on its command line
     assert jobs.resolve_job(address, "jt") == job_id
     log_text: list[str] = []
     assert jobs.follow_logs(address, job_id, log_text.append) == "SUCCEEDED", "".join(log_text)
     assert "2 experiments done" in "".join(log_text)
 
-    rc, out, err = jobs.remote_cli(address, repo, ["status", "--json"], tag="jt", farm_home=str(home))
+    rc, out, err = jobs.remote_cli(address, repo, ["status", "--json"], tag="jt", head_home=str(home))
     assert rc == 0, err
     status = json.loads(out)
     assert status["status"] == "done" and status["tag"] == "jt"
-    rc, tsv, _ = jobs.remote_cli(address, repo, ["results"], farm_home=str(home))  # newest run by default
+    rc, tsv, _ = jobs.remote_cli(address, repo, ["results"], head_home=str(home))  # newest run by default
     assert tsv.splitlines()[0].split("\t") == ["commit", "val_bpb", "memory_gb", "status", "description"]
     assert len(tsv.splitlines()) == 4  # header, baseline, 2 candidates
 
-    changed = jobs.pull(address, repo, "jt", farm_home=str(home))
+    changed = jobs.pull(address, repo, "jt", head_home=str(home))
     assert "autoresearch/jt" in changed and sum(b.startswith("candidates/jt/") for b in changed) == 2
     assert git(repo, "rev-parse", "autoresearch/jt").strip() == status["main"]
     for branch, sha in changed.items():
         assert git(repo, "rev-parse", branch).strip() == sha
         assert git(repo, "cat-file", "-t", sha).strip() == "commit"
-    assert jobs.pull(address, repo, "jt", farm_home=str(home)) == {}  # up to date: nothing moves
+    assert jobs.pull(address, repo, "jt", head_home=str(home)) == {}  # up to date: nothing moves
     with pytest.raises(FarmError, match="no run nope"):
-        jobs.remote_cli(address, repo, ["status"], tag="nope", farm_home=str(home))
+        jobs.remote_cli(address, repo, ["status"], tag="nope", head_home=str(home))
     # the query and bundle jobs cleaned up after themselves: only the run is listed
     assert [r["job_id"] for r in jobs.list_runs(address)] == [job_id]
     assert subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout == ""
@@ -223,8 +217,9 @@ def test_submitted_run_comes_home_after_the_job_ended(address, head_home, tmp_pa
 
 @pytest.mark.slow
 def test_the_cli_submits_reads_pulls_stops_and_resumes_a_cluster_run(address, tmp_path):
-    """The README's cluster commands, end to end, against the head: only --address is needed."""
-    home = HEAD_HOME["path"]
+    """The README's cluster commands, end to end, against the head through --address alone (plus --home,
+    which here keeps the head's home out of the real ~/autoresearch-farm)."""
+    home = tmp_path / "cli-farm-home"
     head.head_redis(home, port=free_port())
     repo = make_repo(tmp_path / "target")
     (repo / "farm.toml").write_text(FARM_TOML)
@@ -236,41 +231,43 @@ def test_the_cli_submits_reads_pulls_stops_and_resumes_a_cluster_run(address, tm
                               text=True, timeout=timeout)
 
     try:
-        sub = cli("submit", "--address", address, "--config", "farm.toml", "--workers", "2", "--budget", "1",
-                  "--max-experiments", "2", "--tag", "T")
+        sub = cli("submit", "--address", address, "--home", str(home), "--config", "farm.toml", "--workers", "2",
+                  "--budget", "1", "--max-experiments", "2", "--tag", "T")
         assert sub.returncode == 0 and "submitted run T as job" in sub.stdout, sub.stdout + sub.stderr
         logs = cli("logs", "T", "--address", address)
         assert logs.returncode == 0 and "2 experiments done" in logs.stdout, logs.stdout + logs.stderr
-        status = json.loads(cli("status", "--address", address, "--tag", "T", "--json").stdout)
+        status = json.loads(cli("status", "--address", address, "--home", str(home), "--tag", "T", "--json").stdout)
         assert status["status"] == "done"
-        tsv = cli("results", "--address", address, "--tag", "T").stdout.splitlines()
+        tsv = cli("results", "--address", address, "--home", str(home), "--tag", "T").stdout.splitlines()
         assert len(tsv) == 4 and tsv[1].split("\t")[4] == "baseline"
         png = tmp_path / "p.png"
-        assert cli("plot", "--address", address, "--tag", "T", "--out", str(png)).returncode == 0
+        assert cli("plot", "--address", address, "--home", str(home), "--tag", "T", "--out", str(png)).returncode == 0
         assert png.read_bytes()[:4] == b"\x89PNG"
-        pulled = cli("pull", "--address", address, "--tag", "T")
+        pulled = cli("pull", "--address", address, "--home", str(home), "--tag", "T")
         assert pulled.returncode == 0, pulled.stderr
         assert git(repo, "rev-parse", "autoresearch/T").strip() == status["main"]
 
         slow = (repo / "train.py").read_text().replace("SLEEP = 0.3", "SLEEP = 3.0")
         (repo / "train.py").write_text(slow)
         git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "slower")
-        assert cli("submit", "--address", address, "--config", "farm.toml", "--workers", "2", "--max-experiments",
-                   "8", "--tag", "S").returncode == 0
+        assert cli("submit", "--address", address, "--home", str(home), "--config", "farm.toml", "--workers", "2",
+                   "--max-experiments", "8", "--tag", "S").returncode == 0
         deadline = time.time() + 120
         while time.time() < deadline:
-            mid = cli("status", "--address", address, "--tag", "S", "--json")
+            mid = cli("status", "--address", address, "--home", str(home), "--tag", "S", "--json")
             if mid.returncode == 0 and json.loads(mid.stdout)["measurements"] >= 1:  # each look is a job: seconds
                 break
             time.sleep(2)
         stopped = cli("stop", "S", "--address", address)
         assert stopped.returncode == 0 and "STOPPED" in stopped.stdout, (
             stopped.stdout + stopped.stderr + jobs.client(address).get_job_logs(jobs.resolve_job(address, "S")))
-        before = json.loads(cli("results", "--address", address, "--tag", "S", "--format", "json").stdout)
-        again = cli("submit", "--address", address, "--tag", "S", "--resume")
+        before = json.loads(cli("results", "--address", address, "--home", str(home), "--tag", "S", "--format",
+                                "json").stdout)
+        again = cli("submit", "--address", address, "--home", str(home), "--tag", "S", "--resume")
         assert again.returncode == 0, again.stderr
         assert cli("logs", "S", "--address", address).returncode == 0
-        after = json.loads(cli("results", "--address", address, "--tag", "S", "--format", "json").stdout)
+        after = json.loads(cli("results", "--address", address, "--home", str(home), "--tag", "S", "--format",
+                               "json").stdout)
         jobs_after = [r["job"] for r in after]
         assert {r["job"] for r in before} <= set(jobs_after) and len(jobs_after) == len(set(jobs_after))
         assert len({r["cand"] for r in after if r["purpose"] == "measure"}) == 8

@@ -19,6 +19,7 @@ from ray.autoscaler._private.util import check_legacy_fields, prepare_config, va
 
 from cluster import config as farm_config
 from cluster import head
+from cluster.remote import protocol
 from tests.farmkit import free_port, shutdown_redis
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,6 +127,8 @@ def test_the_head_runs_the_farms_redis_with_a_password(config, tmp_path):
         "the farm's Redis starts on the head, before Ray"
     argv = shlex.split(cmds[redis_at[0]].split("python -m cluster.head", 1)[1])
     assert "--bind" not in argv, "the default bind (loopback + private address) is the safe one"
+    home = argv[argv.index("--home") + 1] if "--home" in argv else protocol.DEFAULT_HOME
+    assert home == protocol.DEFAULT_HOME, "the farm's Redis must live in the home the client's jobs name (--home)"
     # the very command: its config has a password and an append-only file, and no world binding
     import redis
 

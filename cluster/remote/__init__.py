@@ -1,1 +1,2 @@
-"""Running the farm on a remote Ray cluster: the Ray Jobs client and what it ships."""
+"""Running the farm on a remote Ray cluster: the Ray Jobs client (client.py) and what it shares with
+the head side, cluster/head.py (protocol.py)."""

@@ -1,22 +1,19 @@
-"""Ray Jobs: run the farm on a remote Ray cluster, and bring its results home with only the address.
+"""The Ray Jobs client: run the farm on a remote Ray cluster, and bring its results home with only the address.
 
 Why this shape (docs/CLUSTER.md has the whole story): a Ray job's working_dir is a throw-away copy
 and a job's processes die with it, but a run must outlive its job and stay readable from the
-user's clone. So the durable state lives on the head, outside any job, under the farm home
-(`$AUTORESEARCH_FARM_HOME`, default `~/autoresearch-farm`)::
-
-    redis/              the farm's Redis: AOF on, requirepass, started by head_start_ray_commands
-    repos/<id>.git      a bare repository per project (<id>: its root commit), holding every run's
-                        main line and candidate branches (and refs/farm/submitted/<tag>)
-    repos/<id>.runs/<tag>   the run's git worktree at the submitted commit (its `--repo`)
+user's clone. So the durable state lives on the head, outside any job, under the head's home
+(`head_home`, default `~/autoresearch-farm`; its layout is in cluster/remote/protocol.py), which
+every job is told on its command line (`--home`).
 
 `submit_run` ships the repository's committed HEAD (`git archive`, no .git, nothing ignored or
 uncommitted) plus a git bundle of HEAD as the job's working_dir; the job fetches the bundle into
 the bare repository, adds the worktree and runs `autoresearch-farm run` there against the head's
-Redis. Every later look is another small job on the same head: `remote_cli` runs `status` or
-`results` there and returns their output; `pull` has the head bundle the run's branches and
-fetches them into the local repository. All of it goes through the Jobs API (the dashboard port),
-so `ray dashboard ray_cluster.yaml` (or any forward of port 8265) is all a user needs.
+Redis. `job_status`, `list_runs`, `follow_logs` and `stop_job` watch and stop it. Every later look
+is another small job on the same head: `remote_cli` runs `status`, `results` or `submit` there and
+returns their output; `pull` has the head bundle the run's branches and fetches them into the
+local repository. All of it goes through the Jobs API (the dashboard port), so `ray dashboard
+ray_cluster.yaml` (or any forward of port 8265) is all a user needs.
 
 The cluster-side half is `cluster/head.py` (`python -m cluster.head {run,query,bundle,head-redis}`).
 """
@@ -26,10 +23,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import os
-import re
 import secrets
 import shlex
 import subprocess
@@ -40,20 +35,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from cluster.errors import FarmError
+from cluster.repo.branches import MAIN_PREFIX
+from cluster.remote.protocol import (DEFAULT_HOME, META, QUERY_COMMANDS, SUBMIT_DIR, checked_name, flag_value, git,
+                                     parse_payload)
 
 log = logging.getLogger(__name__)
 
-HOME_ENV = "AUTORESEARCH_FARM_HOME"
-DEFAULT_HOME = "~/autoresearch-farm"
-REDIS_PORT = 6390  # not 6379: that is Ray's GCS port on the head
-SUBMIT_DIR = ".farm-submit"
-BEGIN, END = "----- autoresearch-farm payload begin -----", "----- autoresearch-farm payload end -----"
-META = "autoresearch_farm"  # metadata key prefix of the farm's jobs
-QUERY_COMMANDS = ("status", "results", "submit")  # what `remote_cli` may run on the head (submit: a patch or idea)
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
-
-# ============================================================ the client side (the user's clone)
 
 def resolve_address(address: str | None = None) -> str:
     """The Jobs API address: the argument, else RAY_ADDRESS; `host:port` gets http://."""
@@ -88,16 +77,9 @@ def client(address: str | None = None, token: str | None = None) -> Any:
                         f"forwarded (`ray dashboard ray_cluster.yaml`)? With token auth, pass the head's token.") from None
 
 
-def _git(repo: Path | str, *args: str, check: bool = True) -> str:
-    out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
-    if check and out.returncode:
-        raise FarmError(f"git {' '.join(args[:3])} failed in {repo}: {out.stderr.strip() or out.returncode}")
-    return out.stdout.strip()
-
-
 def repo_id(repo: Path | str) -> str:
     """A project's name on the head: its (first) root commit, shared by every clone of it."""
-    roots = _git(repo, "rev-list", "--max-parents=0", "HEAD").split()
+    roots = git(repo, "rev-list", "--max-parents=0", "HEAD").split()
     if not roots:
         raise FarmError(f"{repo} has no commits; commit train.py first")
     return sorted(roots)[0][:12]
@@ -108,8 +90,8 @@ def package(repo: Path | str, *, bundle: bool, files: dict[str, str] | None = No
     """A temporary working_dir: the committed tree of HEAD, plus (for a run) a bundle of HEAD, plus
     `files` (name -> text) under .farm-submit/ (e.g. a patch for a remote `submit --patch`)."""
     repo = Path(repo).resolve()
-    head = _git(repo, "rev-parse", "HEAD")
-    if _git(repo, "status", "--porcelain", "--untracked-files=no"):
+    head = git(repo, "rev-parse", "HEAD")
+    if git(repo, "status", "--porcelain", "--untracked-files=no"):
         log.warning("uncommitted changes in %s are not shipped: the cluster gets HEAD %s", repo, head[:8])
     with tempfile.TemporaryDirectory(prefix="arf-submit-") as tmp:
         stage = Path(tmp) / "repo"
@@ -120,9 +102,9 @@ def package(repo: Path | str, *, bundle: bool, files: dict[str, str] | None = No
         subprocess.run(["tar", "-x", "-C", str(stage)], input=archive.stdout, check=True)
         (stage / SUBMIT_DIR).mkdir(exist_ok=True)
         if bundle:
-            _git(repo, "bundle", "create", "-q", str(stage / SUBMIT_DIR / "head.bundle"), "HEAD")
+            git(repo, "bundle", "create", "-q", str(stage / SUBMIT_DIR / "head.bundle"), "HEAD")
         for name, text in (files or {}).items():
-            (stage / SUBMIT_DIR / _checked("file name", name)).write_text(text)
+            (stage / SUBMIT_DIR / checked_name("file name", name)).write_text(text)
         yield stage, head
 
 
@@ -151,49 +133,34 @@ def _env(name: str, value: str) -> Iterator[None]:
             os.environ[name] = old
 
 
-def _checked(what: str, value: str) -> str:
-    """Tags and ids become git refs and paths on the head: letters, digits, `_.-` only."""
-    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}", value or ""):
-        raise FarmError(f"{what} {value!r} must be 1-64 letters, digits, '_', '.' or '-' (not starting with '.')")
-    return value
-
-
 def _helper(args: list[str]) -> str:
     return shlex.join(["python", "-m", "cluster.head", *args])
 
 
-def _flag(args: list[str], name: str) -> str | None:
-    for i, a in enumerate(args):
-        if a == name and i + 1 < len(args):
-            return args[i + 1]
-        if a.startswith(name + "="):
-            return a.split("=", 1)[1]
-    return None
-
-
 def submit_run(address: str | None, repo: Path | str, run_args: list[str], *, tag: str | None = None,
-               token: str | None = None, farm_home: str | None = None) -> tuple[str, str, str]:
-    """Submit `autoresearch-farm run <run_args>` on the cluster for `repo`'s HEAD.
-    Returns (job_id, tag, dashboard_url). The tag is fixed here (default: today's date, as `run`)."""
+               token: str | None = None, head_home: str = DEFAULT_HOME) -> tuple[str, str, str]:
+    """Submit `autoresearch-farm run <run_args>` on the cluster for `repo`'s HEAD, its durable state under
+    `head_home` on the head. Returns (job_id, tag, dashboard_url). The tag is fixed here (default: today's
+    date, as `run`)."""
     for bad in ("--repo", "--ray-address"):
-        if _flag(run_args, bad) is not None:
+        if flag_value(run_args, bad) is not None:
             raise FarmError(f"{bad} makes no sense for a cluster run: the job researches the HEAD of the repository "
                             f"it is submitted from, on the cluster it is submitted to; drop {bad}")
-    given = _flag(run_args, "--tag")
+    given = flag_value(run_args, "--tag")
     if given and tag and given != tag:
         raise FarmError(f"two tags given ({tag!r} and --tag {given!r}); pass one")
     if not (tag or given):
         from cluster.launch import default_tag
 
         tag = default_tag()
-    tag = _checked("tag", tag or given)
+    tag = checked_name("tag", tag or given)
     args = [a for i, a in enumerate(run_args) if not (a == "--tag" or a.startswith("--tag=")
                                                       or (i and run_args[i - 1] == "--tag"))]
     live = [r["job_id"] for r in list_runs(address, tag, token) if r["status"] in ("PENDING", "RUNNING")]
     if live:
         raise FarmError(f"run {tag} is still running as job {live[0]}; stop it first (`stop {live[0]}`) "
                         f"or choose another --tag")
-    entry = ["run", "--repo-id", repo_id(repo), "--tag", tag, *_opt("--home", farm_home), "--", *args]
+    entry = ["run", "--repo-id", repo_id(repo), "--tag", tag, "--home", head_home, "--", *args]
     job_id = submit_entrypoint(address, repo, _helper(entry), kind="run", token=token, metadata={f"{META}_tag": tag},
                                bundle=True, submission_id=f"arf-{tag}-{secrets.token_hex(3)}")
     return job_id, tag, f"{resolve_address(address)}/#/jobs/{job_id}"
@@ -242,7 +209,7 @@ def follow_logs(address: str | None, job_id: str, write: Callable[[str], Any] | 
             write(chunk)
 
     asyncio.run(pump())
-    return _wait(jc, job_id, 30.0)
+    return wait_job(jc, job_id, 30.0)
 
 
 def stop_job(address: str | None, job_id: str, token: str | None = None, wait_s: float = 120.0) -> str:
@@ -250,10 +217,11 @@ def stop_job(address: str | None, job_id: str, token: str | None = None, wait_s:
     to end; returns the final status. A run launched again with `--resume` continues."""
     jc = client(address, token)
     jc.stop_job(job_id)
-    return _wait(jc, job_id, wait_s)
+    return wait_job(jc, job_id, wait_s)
 
 
-def _wait(jc: Any, job_id: str, timeout_s: float) -> str:
+def wait_job(jc: Any, job_id: str, timeout_s: float) -> str:
+    """Poll the job through the client `jc` until it ends or `timeout_s` passes; returns its last status."""
     deadline = time.monotonic() + timeout_s
     while True:
         status = str(getattr(jc.get_job_status(job_id), "value", ""))
@@ -267,18 +235,17 @@ def _call(address: str | None, repo: Path | str, entry: list[str], token: str | 
     """Run a cluster-side helper as a short job and return the payload it printed."""
     jc = client(address, token)
     job_id = submit_entrypoint(address, repo, _helper(entry), kind="query", token=token, files=files)
-    status = _wait(jc, job_id, timeout_s)
+    status = wait_job(jc, job_id, timeout_s)
     logs = jc.get_job_logs(job_id)
     if status not in TERMINAL:
         jc.stop_job(job_id)
         raise FarmError(f"the cluster-side `{entry[0]}` (job {job_id}) did not finish in {timeout_s:.0f}s")
     with contextlib.suppress(Exception):
         jc.delete_job(job_id)  # keep the dashboard's job list to the runs
-    if BEGIN not in logs or END not in logs:
+    payload = parse_payload(logs)
+    if payload is None:
         raise FarmError(f"the cluster-side `{entry[0]}` (job {job_id}) ended {status} without an answer; "
                         f"its log:\n{logs[-3000:]}")
-    body = logs.rsplit(BEGIN, 1)[1].split(END, 1)[0]
-    payload = json.loads(base64.b64decode("".join(body.split())))
     if "error" in payload:
         raise FarmError(payload["error"])
     return payload
@@ -289,7 +256,7 @@ def _opt(name: str, value: str | None) -> list[str]:
 
 
 def remote_cli(address: str | None, repo: Path | str, argv: list[str], *, tag: str | None = None,
-               token: str | None = None, farm_home: str | None = None, files: dict[str, str] | None = None,
+               token: str | None = None, head_home: str = DEFAULT_HOME, files: dict[str, str] | None = None,
                timeout_s: float = 180.0) -> tuple[int, str, str]:
     """Run `autoresearch-farm <status|results|submit> <args>` on the head against the run `tag` (default:
     the newest submitted) and return (exit code, stdout, stderr), e.g. argv=["results", "--format", "json"].
@@ -297,38 +264,38 @@ def remote_cli(address: str | None, repo: Path | str, argv: list[str], *, tag: s
     files={"p.diff": text} sends a local patch."""
     if not argv or argv[0] not in QUERY_COMMANDS:
         raise FarmError(f"only {', '.join(QUERY_COMMANDS)} run on the cluster this way, not {argv[:1]}")
-    entry = ["query", "--repo-id", repo_id(repo), *_opt("--tag", tag), *_opt("--home", farm_home), "--", *argv]
+    entry = ["query", "--repo-id", repo_id(repo), *_opt("--tag", tag), "--home", head_home, "--", *argv]
     p = _call(address, repo, entry, token, timeout_s, files)
     return p["rc"], p["stdout"], p["stderr"]
 
 
 def pull(address: str | None, repo: Path | str, tag: str | None = None, *, token: str | None = None,
-         farm_home: str | None = None, force: bool = False, timeout_s: float = 300.0) -> dict[str, str]:
+         head_home: str = DEFAULT_HOME, force: bool = False, timeout_s: float = 300.0) -> dict[str, str]:
     """Fetch the run's main line `autoresearch/<tag>` and candidate branches `candidates/<tag>/*` from the
     head into `repo`. Candidate branches are the farm's (rebases move them); the main line only moves
     forward unless `force`. Returns {branch: sha} of what changed."""
     repo = Path(repo).resolve()
-    haves = [_git(repo, "rev-parse", "HEAD")] + _git(repo, "for-each-ref", "--count=50", "--format=%(objectname)",
-                                                     "refs/heads/autoresearch/").split()
-    base = ["bundle", "--repo-id", repo_id(repo), *_opt("--tag", tag), *_opt("--home", farm_home)]
+    haves = [git(repo, "rev-parse", "HEAD")] + git(repo, "for-each-ref", "--count=50", "--format=%(objectname)",
+                                                   f"refs/heads/{MAIN_PREFIX}/").split()
+    base = ["bundle", "--repo-id", repo_id(repo), *_opt("--tag", tag), "--home", head_home]
     p = _call(address, repo, base + ["--have", ",".join(dict.fromkeys(haves))], token, timeout_s)
     if p["bundle"] and not _unbundle(repo, p["bundle"]):
         p = _call(address, repo, base, token, timeout_s)  # a prerequisite is missing here: take it all
         if p["bundle"] and not _unbundle(repo, p["bundle"]):
             raise FarmError(f"could not read the bundle of run {p['tag']} into {repo}")
-    current = _git(repo, "symbolic-ref", "-q", "HEAD", check=False)
+    current = git(repo, "symbolic-ref", "-q", "HEAD", check=False)
     changed: dict[str, str] = {}
     updates = []
     for name, sha in sorted(p["refs"].items()):
         ref = "refs/heads/" + name
-        old = _git(repo, "rev-parse", "-q", "--verify", ref, check=False)
+        old = git(repo, "rev-parse", "-q", "--verify", ref, check=False)
         if old == sha:
             continue
         if ref == current:
             log.warning("%s is checked out here: not moving it to %s; `git merge --ff-only %s`", name, sha[:8], sha)
             continue
         is_ff = not old or subprocess.run(["git", "merge-base", "--is-ancestor", old, sha], cwd=repo).returncode == 0
-        if name.startswith("autoresearch/") and not is_ff and not force:
+        if name.startswith(f"{MAIN_PREFIX}/") and not is_ff and not force:
             raise FarmError(f"local {name} ({old[:8]}) is not an ancestor of the cluster's ({sha[:8]}): another "
                             f"run used this tag here. Rename or delete the local branch, or pull with force")
         updates.append(f"update {ref} {sha}\n")
