@@ -1,5 +1,5 @@
 """The pure parts of bench/farm_overhead.py: the scripted train.py, the bench proposer, and the arithmetic of
-the measurements (tested in tests/test_bench.py without Ray)."""
+the measurements (tested in tests/policy/test_bench.py without Ray)."""
 
 from __future__ import annotations
 

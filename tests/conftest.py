@@ -1,4 +1,6 @@
-"""Shared test set-up.
+"""Shared test set-up, for the suite's layers: policy/ (pure functions of recorded state),
+store/ (a real redis-server), worker/ and parts/ (one part on real processes, git repositories
+and servers), farm/ (the whole farm on a local Ray). Fixtures shared by several files live here.
 
 Ray binds its ports on every interface, so the suite is meant to run in a private network
 namespace (the README's test command: `unshare -rn sh -c 'ip link set lo up && python -m pytest'`),
@@ -45,6 +47,14 @@ def ray_local():
     ray.init(num_cpus=4, num_gpus=4, include_dashboard=False, namespace=placement.NAMESPACE, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A target repository with the scripted training command (tests/farmkit.py), at tmp_path/target."""
+    from tests.farmkit import make_repo
+
+    return make_repo(tmp_path / "target")
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ pooling it with its confirmation still carries its luck. A confirmed candidate m
 all its runs together clear the bar and the confirmation runs alone (``purpose == "confirm"``,
 else every run but the first) clear it too. With the defaults this keeps the false-merge rate of
 zero-effect candidates near 0.3 % while a real 0.01 bpb gain still merges ~97 % of the time
-(tests/test_judge.py simulates both).
+(tests/policy/test_judge.py simulates both).
 
 Actions: "merge"; "discard" (failed, cheated, over the VRAM cap, not better, or did not
 replicate); "confirm" (queue one more run on the same accelerator, purpose confirm); "rebase"

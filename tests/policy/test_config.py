@@ -7,7 +7,7 @@ import pytest
 from cluster import config
 from cluster.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_default_toml_spells_out_exactly_the_defaults():

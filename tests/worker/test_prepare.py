@@ -26,7 +26,7 @@ import pytest
 import tiktoken.load
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SEQ_LEN, VOCAB, EVAL_TOKENS = 64, 512, 512
 
 _loaded = itertools.count()

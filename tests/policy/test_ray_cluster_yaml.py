@@ -22,7 +22,7 @@ from cluster import head
 from cluster.remote import protocol
 from tests.farmkit import free_port, shutdown_redis
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {"aws": ROOT / "ray_cluster.yaml", "gcp": ROOT / "configs" / "ray_cluster_gcp.yaml"}
 INSTALL = 'pip install -e ".[dev,gpu]"'
 PREPARE = "python prepare.py --dataset climbmix --num-shards 10"

@@ -23,7 +23,7 @@ from worker.actor import Worker
 from worker.sandbox import hiding_available
 from worker.settings import WorkerSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.trust
 
 KNOBS = {"AUTORESEARCH_PROFILE": "cpu", "AUTORESEARCH_DEVICE": "cpu", "AUTORESEARCH_VOCAB_SIZE": "512",

@@ -12,14 +12,9 @@ import ray
 
 from cluster.actors import placement
 from cluster.records import State
-from tests.farmkit import Farm, farm_config, git, make_repo, training_process
+from tests.farmkit import Farm, farm_config, git, training_process
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def repo(tmp_path):
-    return make_repo(tmp_path / "target")
 
 
 def finals(farm):

@@ -18,7 +18,7 @@ from cluster.records import Job
 from cluster.store.server import EmbeddedRedis, connect
 from cluster.store import Store
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _alive(pid: int) -> bool:

@@ -23,7 +23,7 @@ from cluster.remote import client as jobs
 from cluster.errors import FarmError
 from tests.farmkit import SCRIPTED_CONFIG, free_port, git, make_repo, shutdown_redis
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 FARM_TOML = SCRIPTED_CONFIG
 

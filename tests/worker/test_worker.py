@@ -12,7 +12,7 @@ from worker.actor import ORPHAN_MARKER, Worker, python_command, reap_orphans
 from worker.sandbox import start_sandboxed
 from worker.settings import WorkerSettings
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def settings(tmp: Path, **kw) -> WorkerSettings:

@@ -11,7 +11,7 @@ import pytest
 
 from worker.tripwire import check, findings
 
-TRAIN = (Path(__file__).resolve().parent.parent / "train.py").read_text()
+TRAIN = (Path(__file__).resolve().parents[2] / "train.py").read_text()
 
 
 def flags(src: str) -> list[str]:

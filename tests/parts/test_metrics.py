@@ -17,7 +17,7 @@ import pytest
 from cluster.loop.metrics import DISPATCH_GAP_BOUNDARIES, PREFIX, SPECS
 from tests.farmkit import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 _LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench import train_throughput as tt
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_line_clock_times_step_lines_as_they_are_written(tmp_path):

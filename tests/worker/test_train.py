@@ -14,7 +14,7 @@ import pytest
 
 from worker.summary import SUMMARY_KEYS, parse_summary
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

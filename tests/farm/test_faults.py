@@ -2,8 +2,8 @@
 
 A local Ray with logical GPUs, an embedded redis-server, real git and real worker subprocesses;
 only the training command is scripted (tests/fixtures/scripted_train.py). The farm-level faults
-not here are in tests/test_farm.py (a worker killed once, stopped past its lease, silent; a killed
-Redis) and tests/test_cli.py (the farm killed, Ctrl-C, resume).
+not here are in tests/farm/test_farm.py (a worker killed once, stopped past its lease, silent; a killed
+Redis) and tests/farm/test_cli.py (the farm killed, Ctrl-C, resume).
 """
 
 from __future__ import annotations
@@ -17,14 +17,9 @@ import psutil
 import pytest
 
 from cluster.records import State
-from tests.farmkit import Farm, farm_config, make_repo, training_process
+from tests.farmkit import Farm, farm_config, training_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
-
-
-@pytest.fixture
-def repo(tmp_path):
-    return make_repo(tmp_path / "target")
 
 
 def worker_process(farm, job) -> psutil.Process | None:

@@ -14,14 +14,9 @@ import ray
 
 from cluster.actors import placement
 from cluster.launch import open_run, run_farm
-from tests.farmkit import farm_config, make_repo
+from tests.farmkit import farm_config
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def repo(tmp_path):
-    return make_repo(tmp_path / "target")
 
 
 def farm_actor_names() -> set[str]:
