@@ -212,7 +212,7 @@ class Intake:
     def _idea_outcome(self, idea: str | None, accepted: bool) -> None:
         if not idea:
             return
-        store, kept = self.store, []
+        kept = []
         for i in self.store.ideas():
             if i["text"] != idea:
                 kept.append(i)
@@ -220,7 +220,7 @@ class Intake:
                 kept.append(dict(i, attempts=i["attempts"] + 1))
             elif not accepted:
                 self.report(f"dropping the idea after {IDEA_ATTEMPTS} failed attempts: {idea[:100]}")
-        store.set_ideas(kept)
+        self.store.set_ideas(kept)
 
     # ------------------------------------------------------------------ crash repair
 

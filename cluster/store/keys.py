@@ -11,12 +11,12 @@ Key schema (P = prefix:{tag}:)::
 
     P run                  hash    run metadata (config, main-line sha, ...); its presence = the run exists
     P seq:<kind>           string  INCR counter behind next_id(kind) ("c" -> c0001, "j" -> j000001)
-    P cand:<id>            hash    one Candidate (model.py fields, JSON values)
+    P cand:<id>            hash    one Candidate (cluster/records.py fields, JSON values)
     P cands                zset    every candidate id, scored by creation sequence
     P cands:seq            string  INCR counter giving that creation sequence
     P cands:state:<state>  zset    ids of the candidates in <state> (same scores); each candidate is in
                                    exactly one of these, kept so by the add/transition scripts
-    P job:<id>             hash    one Job (model.py fields) plus ``state`` (queued | running | done |
+    P job:<id>             hash    one Job (worker/contract.py fields) plus ``state`` (queued | running | done |
                                    failed | removed) and ``last_lost_reason``
     P queue                list    job ids waiting for a worker; dispatch pops from the left,
                                    priority work and requeued jobs are pushed on the left

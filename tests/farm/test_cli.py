@@ -188,7 +188,7 @@ def test_a_controller_killed_alone_is_recorded_as_crashed_and_resume_finishes_th
 def test_the_farms_metrics_are_on_rays_prometheus_endpoint_during_a_run(target, tmp_path):
     import urllib.request
 
-    from tests.test_metrics import parse, value
+    from tests.parts.test_metrics import parse, value
 
     port = free_port()
     cfg = str(tmp_path / "farm.toml")

@@ -222,12 +222,12 @@ def test_the_queue_never_runs_dry_while_workers_are_idle(ray_local, repo):
 
     def checked_step():
         step()
-        idle = [w for w in ctrl.workers if w not in ctrl.inflight]
+        idle = [w for w in ctrl.fleet.names if w not in ctrl.fleet.inflight]
         depth = farm.store.queue_depth()
         if idle and depth:
             starved.append(("idle worker beside a non-empty queue", idle, depth))
         left = ray.get(farm.proposer.left.remote())
-        if left and depth + (ctrl.intake.proposal_ref is not None) == 0:
+        if left and depth + ctrl.intake.proposer.asking == 0:
             starved.append(("the queue ran dry with proposals left and none asked for", left))
 
     ctrl.step = checked_step
