@@ -17,6 +17,8 @@ Knobs, read once at import from the environment; the profile only changes defaul
 | AUTORESEARCH_PROFILE      | gpu with CUDA, else cpu           | PROFILE: which column of defaults applies    |
 | AUTORESEARCH_SEQ_LEN      | 2048 / 256                        | MAX_SEQ_LEN: tokens per row, train and eval  |
 | AUTORESEARCH_TIME_BUDGET  | 300 / 300                         | TIME_BUDGET: training wall-clock seconds     |
+| AUTORESEARCH_SEED         | 42 / 42                           | seed(): the run's random seed; the farm sets |
+|                           |                                   | a new one for every measurement              |
 | AUTORESEARCH_EVAL_TOKENS  | 40*524288 / 2**17                 | EVAL_TOKENS: val tokens scored (rounded down |
 |                           |                                   | to a multiple of MAX_SEQ_LEN)                |
 | AUTORESEARCH_VOCAB_SIZE   | 8192 / 2048                       | VOCAB_SIZE: BPE vocab incl. the BOS token    |
@@ -90,6 +92,8 @@ _GPU = PROFILE == "gpu"
 MAX_SEQ_LEN = _env("AUTORESEARCH_SEQ_LEN", 2048 if _GPU else 256, *_positive_int)
 # training wall-clock budget in seconds; train.py stops stepping once it is spent
 TIME_BUDGET = _env("AUTORESEARCH_TIME_BUDGET", 300.0, float, lambda v: math.isfinite(v) and v > 0, "seconds > 0")
+# the run's random seed, read through seed(): the farm assigns one to every measurement (42 outside the farm)
+_SEED = _env("AUTORESEARCH_SEED", 42, int, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)")
 # validation tokens evaluate_bpb scores; whole rows only, so rounded down to a multiple of MAX_SEQ_LEN
 # (the default is capped at one pass over a small val split, e.g. the offline corpus at 2048 tokens a row;
 # an explicit AUTORESEARCH_EVAL_TOKENS larger than the split is an error instead)
@@ -135,6 +139,11 @@ SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| 
 BOS_TOKEN = "<|bos|>"     # starts every document; the only special token
 SPECIAL_TOKENS = [BOS_TOKEN]
 FORMAT_VERSION = 1        # bump when the on-disk layout changes, so old caches are rebuilt
+
+def seed() -> int:
+    """The random seed of this run (AUTORESEARCH_SEED, default 42): train.py seeds torch, CUDA and its
+    train dataloader with it, so each of the farm's measurements is an independent draw."""
+    return _SEED
 
 class PrepareError(RuntimeError):
     """A problem the user must fix (no network, too little data); main() prints it and exits 1."""

@@ -10,6 +10,9 @@ FlashAttention-3 when the `kernels` package can load it). Without a GPU the `CPU
 the constants they name, so a laptop or a CI box trains a model small enough to learn something
 within a short budget. Set AUTORESEARCH_DEVICE=cpu|cuda to force a device.
 
+The seed is the farm's, not this file's: `prepare.seed()` (AUTORESEARCH_SEED, 42 outside the farm)
+seeds torch, CUDA and the train dataloader, so each measurement is an independent draw.
+
 Usage: python train.py   (prints a summary block after `---` at the end)
 """
 
@@ -24,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, evaluate_bpb, make_dataloader
+from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, evaluate_bpb, make_dataloader, seed
 
 # ---------------------------------------------------------------------------
 # Hyperparameters: the search surface
@@ -52,7 +55,6 @@ MUON_MOMENTUM = 0.95  # Nesterov momentum of Muon
 WARMUP_RATIO = 0.0  # fraction of the budget spent ramping the lr up
 WARMDOWN_RATIO = 0.5  # fraction of the budget spent decaying the lr at the end
 FINAL_LR_FRAC = 0.0  # lr at the end of warmdown, as a fraction of the peak
-SEED = 42  # random seed (the farm never searches this: it would mine noise)
 
 # CPU profile: these replace the constants they name when no GPU is present
 CPU_DEPTH = 4
@@ -360,9 +362,10 @@ def build_model(vocab_size):
 
 def main():
     t_start = time.time()
-    torch.manual_seed(SEED)
+    # the farm assigns every measurement its seed: initialisation and data order follow it
+    torch.manual_seed(seed())
     if USE_CUDA:
-        torch.cuda.manual_seed(SEED)
+        torch.cuda.manual_seed(seed())
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     device = torch.device(DEVICE_TYPE)
@@ -374,7 +377,7 @@ def main():
     config = model.config
     num_params = sum(p.numel() for p in model.parameters())
     flops_per_token = model.num_flops_per_token()
-    print(f"device: {DEVICE_TYPE} | params: {num_params / 1e6:.2f}M | {config}", flush=True)
+    print(f"device: {DEVICE_TYPE} | seed: {seed()} | params: {num_params / 1e6:.2f}M | {config}", flush=True)
 
     # a device batch larger than the whole step would be wasted: clip it (keeps batch mutations safe)
     device_batch = min(DEVICE_BATCH_SIZE, max(TOTAL_BATCH_SIZE // MAX_SEQ_LEN, 1))
@@ -385,7 +388,7 @@ def main():
     grad_accum_steps = TOTAL_BATCH_SIZE // tokens_per_fwdbwd
     optimizers = build_optimizers(model)
     train_model = torch.compile(model, dynamic=False) if USE_CUDA else model
-    loader = make_dataloader(tokenizer, device_batch, MAX_SEQ_LEN, "train", device=device)
+    loader = make_dataloader(tokenizer, device_batch, MAX_SEQ_LEN, "train", device=device, seed=seed())
 
     step, training_time, smooth_loss = 0, 0.0, 0.0
     while True:

@@ -23,7 +23,9 @@ FALLBACK_PROGRAM = """Goal: lower val_bpb (validation bits per byte) of train.py
 Only train.py may change; prepare.py (data, tokenizer, evaluation) and the budget are off limits.
 No new dependencies. Never read validation data or print results you did not measure.
 Keep build_model(vocab_size) returning the model main() trains, model(x) returning logits, and
-main() ending with prepare.evaluate_bpb(model, tokenizer, batch_size)."""
+main() ending with prepare.evaluate_bpb(model, tokenizer, batch_size).
+The farm assigns each run its seed through prepare.seed(); train.py seeds torch, CUDA and its train
+dataloader from it. Changing how train.py seeds (a seed of its own, extra seeding) is refused."""
 
 SYSTEM = ("You are a careful machine-learning research engineer running experiments on a small GPT "
           "pretraining script. You propose one experiment at a time as a change to train.py, following "

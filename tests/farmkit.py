@@ -151,7 +151,7 @@ gpus_per_worker = 0.0
 [judge]
 baseline_runs = 2
 [proposer]
-exclude = ["SEED", "MODE", "SLEEP", "NOISE"]
+exclude = ["SEED", "MODE", "SLEEP", "NOISE", "JITTER"]
 """
 
 

@@ -50,6 +50,7 @@ def accelerator_name(gpu_ids: list[str]) -> str:
 
 
 ORPHAN_MARKER = "AUTORESEARCH_FARM_WORKER"  # in every training process's environment: <worker root>
+SEED_ENV = "AUTORESEARCH_SEED"  # prepare.seed(): the seed the farm assigned this measurement
 HANDOFF_ENV = "AUTORESEARCH_HANDOFF"  # prepare.HANDOFF_ENV: where evaluate_bpb saves the trained weights
 TRUSTED_EVAL = Path(__file__).with_name("trusted_eval.py")
 EVAL_SCRIPT = "_arf_trusted_eval.py"  # its name in the evaluation directory
@@ -298,6 +299,8 @@ class Worker:
         editable = s.editable or "train.py"
         weights = self.root / "handoff" / f"{job['id']}-a{job['attempt']}.pt"  # outside the run dir
         env = self._env()
+        if job.get("seed") is not None:  # prepare.seed() reads it: a new draw for every measurement
+            env[SEED_ENV] = str(int(job["seed"]))
         data_before = self.data_state() if trusted else {}
         scan = trusted and s.tripwire and editable in files  # tests turn it off to reach the layers behind
         warning = tripwire.check(files[editable].decode("utf-8", "replace")) if scan else None
@@ -350,6 +353,7 @@ class Worker:
             worker=self.name, node=socket.gethostname(), accelerator=self.accelerator,
             started_at=started, finished_at=time.time(), summary=summary, log_path=str(log_path),
             log_tail=tail, reason=reason, purpose=job.get("purpose", "measure"), containment=containment,
+            seed=job.get("seed"),
         )
         if trusted:  # the phases' own end lines judge each process alone; this is what the farm records
             with open(log_path, "ab") as f:

@@ -66,6 +66,7 @@ class Job(Record):
     lost: int = 0  # attempts lost with their worker (poison detection)
     worker: str | None = None
     lease_deadline: float | None = None
+    seed: int | None = None  # AUTORESEARCH_SEED of its run: the k-th job of a commit gets seed k + 1
 
 
 @dataclass
@@ -93,3 +94,4 @@ class Result(Record):
     reason: str = ""  # why a non-ok status was given
     purpose: str = Purpose.MEASURE.value
     containment: str = ""  # sandbox layers the run was under, e.g. "cgroup,netns"
+    seed: int | None = None  # the seed the run was handed (None: recorded before the farm assigned seeds)

@@ -22,6 +22,14 @@ What it is not:
   validation split is not the candidate's to read, the worker keeps its own clock, and the frozen
   files are compared with their hashes after every run.
 
+Two more readers serve the farm's seed contract (the farm assigns every measurement a seed,
+``AUTORESEARCH_SEED``, which the harness exposes as ``prepare.seed()``): :func:`seeding_calls`
+lists the calls that seed a random number generator, so admission can refuse a candidate whose
+seeding differs from its base's, and :func:`uses_farm_seed` says whether a file takes its seed from
+the farm at all (upstream autoresearch's `train.py` seeds itself with 42). Like :func:`findings`
+they read text: a seed reached through a helper's parameter or assembled at run time is not seen
+(the reading is in :mod:`worker.seeding`, on this module's alias resolution).
+
 A file that does not parse gives no findings: it will crash when run, honestly (one nested too
 deeply to walk gives a finding instead). Ordinary training code, including the repository's
 `train.py` and any change to its constants, gives none; so do near-misses such as a variable
@@ -34,6 +42,8 @@ from __future__ import annotations
 
 import ast
 import re
+
+from worker.seeding import Seeds
 
 HARNESS = "prepare"
 # Modules the harness evaluates with: assigning their attributes changes how every score is computed.
@@ -111,6 +121,38 @@ def findings(source: str) -> list[str]:
 def check(source: str) -> str | None:
     """All findings joined with "; ", or None when there are none."""
     return "; ".join(findings(source)) or None
+
+
+def seeding_calls(source: str) -> list[str]:
+    """The calls in `source` that seed a random number generator, in source order; [] if it does not parse.
+
+    Each is its normalised text (:func:`ast.unparse`): `torch.manual_seed(seed())`. The harness's
+    train loader counts too, reduced to its seed (`make_dataloader(..., seed=seed())`), since its
+    seed sets the data order. Where the seed reads names the file assigns (`torch.manual_seed(s)`
+    after `s = 7`), their assignments follow, transitively and in the scope Python reads them from:
+    `torch.manual_seed(s) where s = 7`, so a candidate cannot keep a call's text and change the seed
+    it is given. A candidate whose list differs from its base's changes how the run is seeded.
+    `torch.use_deterministic_algorithms` and generators made without a seed (`torch.Generator()`,
+    `default_rng()`) are not seeding; a seed passed in through a function's parameter is not followed.
+    """
+    seeds = _seeds(source)
+    return [] if seeds is None else seeds.texts()
+
+
+def uses_farm_seed(source: str) -> bool:
+    """Whether `source` seeds from the farm: some seeding call's seed calls `prepare.seed()` (under any
+    alias), reads a name assigned from such a call (or a function that makes one), or reads
+    AUTORESEARCH_SEED from the environment. False for a file that seeds itself, or not at all."""
+    seeds = _seeds(source)
+    return seeds is not None and seeds.uses_farm_seed()
+
+
+def _seeds(source: str) -> Seeds | None:
+    try:
+        tree = ast.parse(source)
+        return Seeds(tree, _Tripwire(tree).quals)  # the tripwire's alias resolution, not a second one
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
 
 
 def _patch_reason(qual: str) -> str | None:

@@ -26,6 +26,7 @@ in memory (rebuilt from Redis on start and resume), a proposal round's git work 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 import logging
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ from cluster.records import (PENDING_STATES, Candidate, Job, Origin, Purpose, Re
                              experiment_count, values)
 from cluster.repo import FarmRepo, RebaseStatus, main_branch
 from cluster.store import Store
+from worker import tripwire
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ GAUGES_S = 2.0  # seconds between refreshes of the metric gauges
 CANCEL_WAIT_S = 30.0  # a cancelled run needs a moment to kill its tree and remove its cgroup
 LEASES_S = 1.0  # seconds between scans for expired leases (leases last minutes)
 FILE_REFS = 64  # commits whose shipped files are kept in the object store at once
+SEEDED_BY_FARM, SEEDS_ITSELF = "farm", "itself"  # run meta "seeding": who seeds the target's runs
 
 
 class Controller:
@@ -73,8 +76,13 @@ class Controller:
         self.measured = Measurements(store)
         self.jobs = OpenJobs(store)
         self._dirty = True  # something the judge should look at changed
-        self.main: str = (store.run_meta() or {}).get("main", "")  # the main line's sha, kept with run meta
-        self.progress = Progress(store, self.measured, fleet, self.metrics)
+        meta = store.run_meta() or {}
+        self.main: str = meta.get("main", "")  # the main line's sha, kept with run meta
+        # every commit the main line has been (the baseline and each merge), for the measured noise floor
+        self.lineage: list[str] = [c for c in dict.fromkeys(
+            [meta.get("baseline", "")] + [c.commit for c in store.candidates({State.MERGED.value})]) if c]
+        self.same_seed = meta.get("seeding") == SEEDS_ITSELF  # the target's repeats are one draw
+        self.progress = Progress(store, self.measured, fleet, self.metrics, noise=self.noise_now)
         self.intake = Intake(cfg, tag, store, repo, proposer, self.jobs, self.measured, self.metrics, self.report,
                              workers=len(fleet), main=self.main)
 
@@ -94,14 +102,21 @@ class Controller:
             self.report(f"resumed run {self.tag}: main line {meta['main'][:8]}, {len(requeued)} running job(s) re-queued")
             return
         main = self.repo.start_main_line(self.tag)
+        self.same_seed = not tripwire.uses_farm_seed(self.repo.read_file(main, self.cfg.run.editable))
+        if self.same_seed:
+            self.report(f"{self.cfg.run.editable} seeds itself (it never reads prepare.seed()): repeats of a commit "
+                        "are one draw, so the noise floor is the prior default_noise and no repeat counts as "
+                        "independent")
         base = Candidate(id=self.store.next_id("c", 4), commit=main, base=main, branch=main_branch(self.tag),
                          description="baseline", origin=Origin.BASELINE.value, state=State.QUEUED.value,
                          created_at=time.time())
         self.store.add_candidate(base)
         for _ in range(self.cfg.judge.baseline_runs):
             self.jobs.enqueue(base, Purpose.BASELINE)
-        self.store.update_run(main=main, baseline=main, baseline_cand=base.id)
+        self.store.update_run(main=main, baseline=main, baseline_cand=base.id,
+                              seeding=SEEDS_ITSELF if self.same_seed else SEEDED_BY_FARM)
         self.main = main
+        self.lineage = [main]
         self.intake.main_moved(main)
         self.report(f"run {self.tag}: main line {main_branch(self.tag)} at {main[:8]}; "
                     f"measuring the baseline {self.cfg.judge.baseline_runs}x on {len(self.fleet)} worker(s)")
@@ -241,7 +256,26 @@ class Controller:
     # ------------------------------------------------------------------ judging
 
     def line(self) -> judge_policy.Line:
-        return judge_policy.Line(commit=self.main, results=list(self.measured.of(self.main)))
+        """The main line as the judge sees it: its own runs, the pooled spread of the run's earlier
+        main-line commits, and whether the target's repeats are new draws at all."""
+        history = judge_policy.repeats(self.measured.line_runs(c) for c in self.lineage if c != self.main)
+        return judge_policy.Line(commit=self.main, results=self.measured.line_runs(self.main),
+                                 history={acc: (h["ss"], h["df"]) for acc, h in history.items()},
+                                 same_seed=self.same_seed)
+
+    def noise_now(self) -> str:
+        """The noise floor on the line's accelerator and the gain a one-run candidate must show now."""
+        line = self.line()
+        accs = Counter(r.accelerator for r in line.results if r.val_bpb is not None)
+        if not accs:
+            return ""
+        acc = accs.most_common(1)[0][0]
+        sigma = judge_policy.line_sigma(line, acc, self.cfg.judge)
+        _, df = judge_policy.pooled([judge_policy.spread([r.val_bpb for r in line.results
+                                                           if r.val_bpb is not None and r.accelerator == acc]),
+                                     line.history.get(acc, (0.0, 0.0))])
+        source = "the prior: the target seeds itself" if self.same_seed else f"measured, {df:.0f} df" if df else "the prior"
+        return f"noise {sigma:.4f} ({source}): a win must clear {judge_policy.margin_now(line, acc, self.cfg.judge):.4f}"
 
     def judge(self) -> None:
         """Judge the finished candidates, once the main line's own measurements are in."""
@@ -258,7 +292,7 @@ class Controller:
                                       decision={"action": "baseline", "reason": "the main line's own measurement"})
                 continue
             d = judge_policy.decide(cand, self.measured.of_candidate(cand), line, self.cfg.judge,
-                                    base_results=list(self.measured.of(cand.base)))
+                                    base_results=self.measured.line_runs(cand.base))
             decisions.append((cand, d))
         winner = judge_policy.pick_merge([d for _, d in decisions if d.action == "merge"])
         for cand, d in decisions:
@@ -285,6 +319,7 @@ class Controller:
             self.store.transition(cand.id, {State.FINISHED.value}, State.MERGED.value, decision=decision)
             self.store.update_run(main=cand.commit)
             self.main = cand.commit
+            self.lineage.append(cand.commit)
             self.intake.main_moved(cand.commit)
             self.report(f"MERGED {cand.id}: {cand.description} | {d.reason}")
             # the queued candidates move onto the new main line one by one, as workers take them
@@ -292,6 +327,10 @@ class Controller:
         elif d.action == "confirm":
             self.store.transition(cand.id, {State.FINISHED.value}, State.QUEUED.value, decision=decision)
             self.jobs.enqueue(cand, Purpose.CONFIRM, front=True)
+            # the line is measured once more beside it, on a new seed: an apparent win is most often a
+            # line measured high by luck, and the confirmation is judged against the line with that run
+            if cand.base == line.commit:
+                self.jobs.enqueue(self._main_candidate(line.commit), Purpose.BASELINE, front=True)
             self.report(f"{cand.id} looks better; confirming: {d.reason}")
         elif d.action == "rebase":
             if cand.meta.get("rebased_after_win"):

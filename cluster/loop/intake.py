@@ -23,6 +23,7 @@ from cluster.repo import FarmRepo, RebaseStatus, candidate_branch
 from cluster.store import Store
 from proposer.base import History, Outcome, Proposal, fingerprint
 from proposer.prompts import derive_description
+from worker import tripwire
 
 log = logging.getLogger(__name__)
 
@@ -107,15 +108,10 @@ class Intake:
         if not proposals:
             return 0
         main = self.main
+        base_seeding = tripwire.seeding_calls(self.repo.read_file(main, self.cfg.run.editable))
         todo: list[tuple[Proposal, str, str | None]] = []  # (proposal, candidate id, why refused)
         for p, cid in zip(proposals, self.store.next_ids("c", len(proposals), 4)):
-            reason = p.meta.get("invalid")
-            if not reason:
-                try:
-                    compile(p.source, self.cfg.run.editable, "exec")
-                except SyntaxError as e:
-                    reason = str(e)
-            todo.append((p, cid, reason))
+            todo.append((p, cid, p.meta.get("invalid") or self._refusal(p.source, base_seeding)))
         sound = [(p, cid) for p, cid, reason in todo if not reason]
         made = iter(self.repo.commit_candidates(main, [(p.source, candidate_branch(self.tag, cid), _message(p, cid))
                                                     for p, cid in sound]))
@@ -166,11 +162,11 @@ class Intake:
         base = base or main
         cid = self.store.next_id("c", 4)
         branch = candidate_branch(self.tag, cid)
-        reason = p.meta.get("invalid")
+        reason = p.meta.get("invalid") or self._refusal(
+            p.source, tripwire.seeding_calls(self.repo.read_file(base, self.cfg.run.editable)))
         made = None
         if not reason:
             try:
-                compile(p.source, self.cfg.run.editable, "exec")
                 made = self.repo.commit_candidate(base, p.source, branch, _message(p, cid))
                 if base != main:
                     moved = self.repo.rebase_candidate(made.sha, main, branch)
@@ -180,9 +176,21 @@ class Intake:
                 problem = self.repo.check_change(main, made.sha)
                 if problem:
                     raise PatchError(problem)
-            except (SyntaxError, PatchError) as e:
+            except PatchError as e:
                 reason = str(e)
         return self._queue(p, cid, main, made, reason)
+
+    def _refusal(self, source: str, base_seeding: list[str]) -> str | None:
+        """Why a proposed editable file is refused before any GPU time is spent on it (None: it may run)."""
+        try:
+            compile(source, self.cfg.run.editable, "exec")
+        except SyntaxError as e:
+            return str(e)
+        if tripwire.seeding_calls(source) != base_seeding:
+            return (f"it changes how {self.cfg.run.editable} seeds its random numbers: the farm hands every "
+                    "measurement its own seed (prepare.seed()), and a seed of the candidate's choosing would "
+                    "only mine the noise")
+        return None
 
     # ------------------------------------------------------------------ humans
 
@@ -281,8 +289,8 @@ class Intake:
                     self._outcomes[cid] = outcome
         tried = {x.meta.get("fingerprint") for x in self._seen.values() if x.base == main and x.meta.get("fingerprint")}
         meta = self.store.run_meta()
-        best = [r.val_bpb for r in self.measured.of(main) if r.val_bpb is not None]
-        base = [r.val_bpb for r in self.measured.of(meta.get("baseline", "")) if r.val_bpb is not None]
+        best = self.measured.line_values(main)
+        base = self.measured.line_values(meta.get("baseline", ""))
         described = [i for s in (State.QUEUED.value, State.RUNNING.value, State.FINISHED.value) for i in by_state[s]]
         return History(base_commit=main, base_source=self.repo.read_file(main, self.cfg.run.editable),
                        tried={t for t in tried if t},
@@ -300,7 +308,7 @@ class Intake:
         if cand.origin == Origin.BASELINE.value or not cand.decision or cand.state not in (
                 State.MERGED.value, State.DISCARDED.value):
             return None
-        runs = [r for r in self.measured.of(cand.commit) if r.cand == cand.id]
+        runs = self.measured.of_candidate(cand)
         status = RunStatus.OK.value if any(r.status == RunStatus.OK.value for r in runs) else (
             runs[-1].status if runs else cand.state)
         tail = next((r.log_tail for r in reversed(runs) if r.status != RunStatus.OK.value), "")

@@ -9,13 +9,25 @@ winner replicate before it enters the main line.
 Noise estimate. The main line is measured only a few times (``baseline_runs``, 3 by default),
 and the standard deviation of 3 numbers is itself very noisy: about one time in five it comes out
 below half the true sigma, which alone would let ~5 % of pure-noise candidates through. So the
-line's own sample variance is pooled with a prior sigma (``default_noise``) that counts as
-``noise_prior_df`` degrees of freedom::
+line's own sample variance is pooled with the measured spread of the run's earlier main-line
+commits on the same accelerator (``Line.history``: their sums of squares and degrees of freedom)
+and with a prior sigma (``default_noise``) that counts as ``noise_prior_df`` degrees of freedom::
 
-    sigma^2 = (sum (x - mean)^2 + noise_prior_df * prior^2) / (n - 1 + noise_prior_df)
+    sigma^2 = (SS_line + SS_history + noise_prior_df * prior^2) / (n - 1 + df_history + noise_prior_df)
 
-With fewer than 2 line measurements sigma is the prior itself; it is never below ``min_noise``.
-``noise_prior_df = 0`` gives the plain sample standard deviation.
+so the measured floor replaces the prior as repeats accumulate. With no repeats at all sigma is
+the prior itself; it is never below ``min_noise``. ``noise_prior_df = 0`` gives the plain pooled
+sample standard deviation. Every repeat is a new seed (the farm hands the k-th measurement of a
+commit seed k + 1), so the spread is the seed-to-seed noise that decides a result, not kernel
+jitter; the line is measured by its own runs only (the runs of the candidate that became the line
+were selected for looking good, and never anchor it).
+
+A target that seeds itself (``Line.same_seed``) repeats one draw: its repeats measure jitter, not
+seed noise. The judge then claims no measured floor (the prior alone) and counts every commit's
+runs as one independent measurement, the candidate's and the line's alike.
+
+Seeds. A candidate whose ok runs on different seeds gave the very same val_bpb does not use the
+farm's seed (seed engineering): it is discarded as a cheat.
 
 Confirmation. The first run of a winner was *selected* for looking good (winner's curse), so
 pooling it with its confirmation still carries its luck. A confirmed candidate merges only if
@@ -53,7 +65,11 @@ class Line:
     """The main line as the judge sees it."""
 
     commit: str
-    results: list[Result]  # every measurement of the main-line commit, any accelerator
+    results: list[Result]  # the main-line commit's own measurements (purpose baseline), any accelerator
+    # per accelerator: (sum of squared deviations, degrees of freedom) of the seed-varied repeats of the
+    # run's earlier main-line commits, pooled
+    history: dict[str, tuple[float, float]] = field(default_factory=dict)
+    same_seed: bool = False  # the target seeds itself: repeats of a commit are one draw
 
 
 @dataclass(frozen=True)
@@ -85,16 +101,66 @@ class _Eval:
     kind: str  # "win" | "simpler" | "none"
 
 
-def noise_sigma(values: Sequence[float], cfg: JudgeSettings = JudgeSettings(), prior: float | None = None) -> float:
-    """Seed-noise sigma of repeated measurements of one commit, pooled with a prior (see module doc)."""
+def spread(values: Sequence[float]) -> tuple[float, float]:
+    """(sum of squared deviations from the mean, degrees of freedom) of one commit's repeats."""
+    if len(values) < 2:
+        return 0.0, 0.0
+    mean = sum(values) / len(values)
+    return sum((v - mean) ** 2 for v in values), float(len(values) - 1)
+
+
+def pooled(spreads: Iterable[tuple[float, float]]) -> tuple[float, float]:
+    """Several commits' spreads as one: their sums of squares and degrees of freedom added."""
+    ss = df = 0.0
+    for s, d in spreads:
+        ss, df = ss + s, df + d
+    return ss, df
+
+
+def noise_sigma(values: Sequence[float], cfg: JudgeSettings = JudgeSettings(), prior: float | None = None,
+                history: tuple[float, float] = (0.0, 0.0)) -> float:
+    """Seed-noise sigma of repeated measurements of one commit, pooled with the history of other
+    commits' repeats and with a prior (see module doc)."""
     prior_sigma = cfg.default_noise if prior is None else prior
-    n = len(values)
-    if n < 2:
+    ss, df = pooled([spread(values), history])
+    if df <= 0:
         return max(cfg.min_noise, prior_sigma)
-    mean = sum(values) / n
-    ss = sum((v - mean) ** 2 for v in values)
-    var = (ss + cfg.noise_prior_df * prior_sigma**2) / (n - 1 + cfg.noise_prior_df)
+    var = (ss + cfg.noise_prior_df * prior_sigma**2) / (df + cfg.noise_prior_df)
     return max(cfg.min_noise, math.sqrt(var))
+
+
+def repeats(runs_by_commit: Iterable[Sequence[Result]]) -> dict[str, dict[str, float]]:
+    """Per accelerator, the pooled spread of several commits' repeats: ``ss`` and ``df`` (for
+    ``Line.history``), and how many ``runs`` of how many ``commits`` it rests on."""
+    out: dict[str, dict[str, float]] = {}
+    for runs in runs_by_commit:
+        by_acc: dict[str, list[float]] = {}
+        for r in runs:
+            if _usable(r):
+                by_acc.setdefault(r.accelerator, []).append(float(r.val_bpb))  # type: ignore[arg-type]
+        for acc, vals in by_acc.items():
+            ss, df = spread(vals)
+            if df:
+                h = out.setdefault(acc, {"ss": 0.0, "df": 0.0, "runs": 0, "commits": 0})
+                h["ss"] += ss
+                h["df"] += df
+                h["runs"] += len(vals)
+                h["commits"] += 1
+    return out
+
+
+def line_sigma(line: Line, acc: str, cfg: JudgeSettings = JudgeSettings()) -> float:
+    """The noise the line's comparisons on ``acc`` use: measured where the repeats are new draws."""
+    if line.same_seed:
+        return noise_sigma([], cfg)  # its repeats are one draw: no measured floor, the prior
+    vals = [float(r.val_bpb) for r in line.results if _usable(r) and r.accelerator == acc]  # type: ignore[arg-type]
+    return noise_sigma(vals, cfg, history=line.history.get(acc, (0.0, 0.0)))
+
+
+def margin_now(line: Line, acc: str, cfg: JudgeSettings = JudgeSettings()) -> float:
+    """The gain a one-run candidate must show against ``line`` on ``acc`` to be worth confirming."""
+    n_line = 1 if line.same_seed else max(1, sum(1 for r in line.results if _usable(r) and r.accelerator == acc))
+    return cfg.noise_k * line_sigma(line, acc, cfg) * math.sqrt(1 + 1 / n_line)
 
 
 def _usable(r: Result) -> bool:
@@ -113,11 +179,14 @@ def _accelerator(ok: Sequence[Result], line: Line) -> str:
 
 
 def _evaluate(
-    cand: Sequence[float], ref: Sequence[float], sigma: float, net_lines: int, cfg: JudgeSettings
+    cand: Sequence[float], ref: Sequence[float], sigma: float, net_lines: int, cfg: JudgeSettings,
+    independent: bool = True,
 ) -> _Eval:
+    """Compare the means; with ``independent`` False each side's runs are one draw (n = 1)."""
     cm, rm = _mean(cand), _mean(ref)
     delta = cm - rm
-    margin = cfg.noise_k * sigma * math.sqrt(1 / len(cand) + 1 / len(ref))
+    n_cand, n_ref = (len(cand), len(ref)) if independent else (1, 1)
+    margin = cfg.noise_k * sigma * math.sqrt(1 / n_cand + 1 / n_ref)
     required = margin + max(0, net_lines) * cfg.bpb_per_line
     if -delta > required:
         kind = "win"
@@ -191,8 +260,15 @@ def decide(
     if cfg.max_vram_mb and peaks and max(peaks) > cfg.max_vram_mb:  # 0: no cap
         return out("discard", f"vram: peak {max(peaks):.0f} MB > cap {cfg.max_vram_mb:.0f} MB", peak_vram_mb=max(peaks))
 
+    seeds = {r.seed for r in ok if r.seed is not None}
+    if not line.same_seed and len(seeds) >= 2 and max(cand_vals) - min(cand_vals) < 1e-9:
+        return out("discard", f"cheat: its runs on seeds {sorted(seeds)} gave the same val_bpb {cand_vals[0]:.6f}: "
+                   "it does not take its seed from the farm (prepare.seed())", status=RunStatus.CHEAT.value)
+
+    independent = not line.same_seed
+    sigma = line_sigma(line, acc, cfg)
     if cand.base != line.commit:
-        return _judge_old_base(cand_vals, base_results or [], acc, net, cfg, out)
+        return _judge_old_base(cand_vals, base_results or [], acc, net, sigma, independent, cfg, out)
 
     line_vals = [float(r.val_bpb) for r in line.results if _usable(r) and r.accelerator == acc]  # type: ignore[arg-type]
     if len(line_vals) < max(1, cfg.baseline_runs):
@@ -208,8 +284,7 @@ def decide(
     if over:
         return out("discard", f"cheat: {over}", status=RunStatus.CHEAT.value)
 
-    sigma = noise_sigma(line_vals, cfg)
-    ev = _evaluate(cand_vals, line_vals, sigma, net, cfg)
+    ev = _evaluate(cand_vals, line_vals, sigma, net, cfg, independent)
     nums.update(
         delta=ev.delta, margin=ev.margin, required=ev.required, sigma=sigma, n_cand=ev.n_cand,
         n_line=ev.n_ref, cand_mean=ev.cand_mean, line_mean=ev.ref_mean,
@@ -224,7 +299,7 @@ def decide(
     if ev.n_cand < 2:
         return out("confirm", f"{text} -> confirm")
     rep = _replication_runs(ok)
-    rev = _evaluate([float(r.val_bpb) for r in rep], line_vals, sigma, net, cfg)  # type: ignore[arg-type]
+    rev = _evaluate([float(r.val_bpb) for r in rep], line_vals, sigma, net, cfg, independent)  # type: ignore[arg-type]
     nums.update(rep_delta=rev.delta, rep_margin=rev.margin, n_rep=rev.n_cand)
     if not _passes(rev, ev.kind):
         bar = -rev.required if ev.kind == "win" else rev.margin
@@ -258,6 +333,8 @@ def _judge_old_base(
     base_results: Sequence[Result],
     acc: str,
     net: int,
+    sigma: float,
+    independent: bool,
     cfg: JudgeSettings,
     out: Callable[..., Decision],
 ) -> Decision:
@@ -265,8 +342,7 @@ def _judge_old_base(
     base_vals = [float(r.val_bpb) for r in base_results if _usable(r) and r.accelerator == acc]
     if not base_vals:
         return out("rebase", f"base is old and has no runs on {acc} to compare with -> rebase and measure again")
-    sigma = noise_sigma(base_vals, cfg)
-    ev = _evaluate(cand_vals, base_vals, sigma, net, cfg)
+    ev = _evaluate(cand_vals, base_vals, sigma, net, cfg, independent)
     text = _describe(ev, net, "its base")
     more = {
         "delta": ev.delta, "margin": ev.margin, "required": ev.required, "sigma": sigma,

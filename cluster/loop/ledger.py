@@ -2,8 +2,9 @@
 
 The controller is the only writer of jobs and results, so it can count instead of asking Redis:
 
-- :class:`OpenJobs` counts the open (queued or running) jobs per candidate and per commit, and
-  remembers the base each candidate with open jobs was last written on. It is rebuilt from the
+- :class:`OpenJobs` counts the open (queued or running) jobs per candidate and per commit,
+  remembers the base each candidate with open jobs was last written on, and hands out each
+  commit's seeds in order. It is rebuilt from the
   store on start and on resume, and every job the loop queues goes through :meth:`OpenJobs.enqueue`.
 - :class:`Measurements` indexes every accepted result by the commit it measured, loaded once.
 """
@@ -24,21 +25,32 @@ class OpenJobs:
         self.by_cand: Counter[str] = Counter()
         self.by_commit: Counter[str] = Counter()
         self.bases: dict[str, str] = {}  # candidate with open jobs -> its base, as last written
+        self.seeds: Counter[str] = Counter()  # commit -> seeds handed out so far (the next is this + 1)
         self.rebuild()
 
     def rebuild(self) -> None:
-        """Count the open jobs from the store (on start and resume; the loop keeps the counts after)."""
+        """Count the open jobs from the store (on start and resume; the loop keeps the counts after),
+        and the seeds each commit has used (of its results and its open jobs)."""
         self.open.clear()
         self.by_cand.clear()
         self.by_commit.clear()
-        for job in self.store.queued_jobs() + self.store.running_jobs():
+        self.seeds.clear()
+        jobs = self.store.queued_jobs() + self.store.running_jobs()
+        for job in jobs:
             self.opened(job)
         self.bases = {c.id: c.base for c in self.store.get_candidates(sorted(self.by_cand))}
+        # (a run recorded before the farm assigned seeds used an unknown one: it counts as one more)
+        for r in self.store.results():
+            self.seeds[r.commit] = max(self.seeds[r.commit], r.seed or 0) if r.seed else self.seeds[r.commit] + 1
 
     def enqueue(self, cand: Candidate, purpose: Purpose, front: bool = False, *, job_id: str | None = None,
                 pipeline: Any = None) -> None:
-        """Queue a job for ``cand`` (on ``pipeline``, with ``job_id``, when the caller batches)."""
-        job = Job(id=job_id or self.store.next_id("j", 6), cand=cand.id, commit=cand.commit, purpose=purpose.value)
+        """Queue a job for ``cand`` (on ``pipeline``, with ``job_id``, when the caller batches), with the
+        next seed of its commit: the k-th measurement of every commit runs on seed k + 1, so repeats of
+        one commit are new draws and a candidate's first run shares seed 1 with the baseline's first."""
+        self.seeds[cand.commit] += 1
+        job = Job(id=job_id or self.store.next_id("j", 6), cand=cand.id, commit=cand.commit, purpose=purpose.value,
+                  seed=self.seeds[cand.commit])
         self.store.enqueue(job, front=front, pipeline=pipeline)
         self.opened(job)
         self.bases[cand.id] = cand.base
@@ -48,6 +60,7 @@ class OpenJobs:
         if job.id in self.open:
             self.closed(job.id)
         self.open[job.id] = (job.cand, job.commit)
+        self.seeds[job.commit] = max(self.seeds[job.commit], job.seed or 0)  # (a job moved onto a new commit)
         self.by_cand[job.cand] += 1
         self.by_commit[job.commit] += 1
 
@@ -85,6 +98,11 @@ class Measurements:
         """The results of ``cand``'s own runs of its current commit."""
         return [r for r in self.of(cand.commit) if r.cand == cand.id]
 
-    def values(self, commit: str) -> list[float]:
-        """The val_bpb of every run of ``commit`` that gave one."""
-        return [r.val_bpb for r in self.of(commit) if r.val_bpb is not None]
+    def line_runs(self, commit: str) -> list[Result]:
+        """``commit``'s runs as a main line: those queued to measure the line itself (purpose
+        baseline), not the runs it made as a candidate, which were selected for looking good."""
+        return [r for r in self.of(commit) if r.purpose == Purpose.BASELINE.value]
+
+    def line_values(self, commit: str) -> list[float]:
+        """The val_bpb of every line run of ``commit`` that gave one: its honest estimate."""
+        return [r.val_bpb for r in self.line_runs(commit) if r.val_bpb is not None]

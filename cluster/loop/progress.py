@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from cluster.loop.fleet import Fleet
 from cluster.loop.ledger import Measurements
@@ -23,8 +23,10 @@ class Stats:
 
 
 class Progress:
-    def __init__(self, store: Store, measured: Measurements, fleet: Fleet, metrics: FarmMetrics):
+    def __init__(self, store: Store, measured: Measurements, fleet: Fleet, metrics: FarmMetrics,
+                 noise: Callable[[], str] = lambda: ""):
         self.store, self.measured, self.fleet, self.metrics = store, measured, fleet, metrics
+        self.noise = noise  # the noise floor and the margin a win must clear now, in words
         self.stats = Stats()
         self.idle_since: dict[str, float] = {name: time.time() for name in fleet.names}
         self._baseline_judged = False
@@ -48,8 +50,8 @@ class Progress:
     def gauges(self) -> dict[str, Any]:
         """The loop's state in numbers, from memory and two cheap reads; refreshes the metric gauges."""
         meta = self.store.run_meta() or {}
-        line = self.measured.values(meta.get("main", ""))
-        base = self.measured.values(meta.get("baseline", ""))
+        line = self.measured.line_values(meta.get("main", ""))
+        base = self.measured.line_values(meta.get("baseline", ""))
         now = time.time()
         elapsed = max(now - self.stats.started, 1e-9)
         busy = self.stats.busy_seconds + sum(now - f.started for f in self.fleet.inflight.values())
@@ -74,6 +76,8 @@ class Progress:
         best_s = f"best {best:.6f}" if best else "best -"
         if best and base:
             best_s += f" ({best - base:+.6f} vs baseline {base:.6f})"
+        noise = self.noise()
         return (f"[{time.strftime('%H:%M:%S')}] {best_s} | done {done} (merged {merged}) "
                 f"| running {g['running']} | queued {g['queued']} "
-                f"| {done / g['elapsed'] * 3600:.1f} exp/h | workers busy {100 * g['busy']:.0f}%")
+                f"| {done / g['elapsed'] * 3600:.1f} exp/h | workers busy {100 * g['busy']:.0f}%"
+                + (f" | {noise}" if noise else ""))

@@ -113,6 +113,7 @@ def records(store: Store) -> pd.DataFrame:
             "started_at": r.started_at, "finished_at": r.finished_at, "decision": d.get("action", ""),
             "reason": d.get("reason", "") or r.reason, "lines_added": c.lines_added if c else 0,
             "lines_removed": c.lines_removed if c else 0, "containment": r.containment, "log_path": r.log_path,
+            "seed": r.seed,
             "gpu_seconds": gpu_seconds(r, gpus), "llm_prompt_tokens": tokens(c)[0] if c else 0,
             "llm_completion_tokens": tokens(c)[1] if c else 0,
         })

@@ -1,18 +1,50 @@
 """`autoresearch-farm status`: a run's state as a dictionary (`--json` prints it) and as text.
 
-The dictionary: the run's status and how it ended, the baseline's and the main line's mean val_bpb,
-candidates by state, the queue, the running jobs, the live workers and the controller, the merged
-candidates, and the run's cost.
+The dictionary: the run's status and how it ended, the baseline's and the main line's mean val_bpb
+(each from its own line measurements), candidates by state, the queue, the running jobs, the live
+workers and the controller, the merged candidates, the run's cost, and the noise floor the judge
+works with (per accelerator: measured from the main line's seed-varied repeats, or the prior).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
-from cluster.records import State
+from cluster.config import JudgeSettings
+from cluster.loop import judge
+from cluster.records import Purpose, Result, State
 from cluster.report.results import costs
 from cluster.store import Store
+
+
+DISAGREE = 1.5  # a measured floor this many times the prior (or below its inverse) says the prior is wrong
+DISAGREE_DF = 6  # ... once it rests on this many degrees of freedom (a few repeats scatter more than that)
+
+
+def _line_runs(results: list[Result], commit: str | None) -> list[Result]:
+    """A main-line commit's own measurements (purpose baseline): its honest estimate."""
+    return [r for r in results if r.commit == commit and r.purpose == Purpose.BASELINE.value]
+
+
+def noise_floor(meta: dict[str, Any], lineage: list[list[Result]]) -> dict[str, Any]:
+    """The noise the judge works with, per accelerator, from the seed-varied repeats of the run's
+    main-line commits (``lineage``: each commit's line runs), and where it comes from."""
+    cfg = JudgeSettings(**{k: v for k, v in (meta.get("config") or {}).get("judge", {}).items()
+                           if k in JudgeSettings.__dataclass_fields__})
+    same_seed = meta.get("seeding") == "itself"
+    out: dict[str, Any] = {"seeding": meta.get("seeding") or "unknown", "prior": cfg.default_noise, "by_accelerator": {}}
+    for acc, h in ({} if same_seed else judge.repeats(lineage)).items():
+        sigma = judge.noise_sigma([], cfg, history=(h["ss"], h["df"]))
+        measured = math.sqrt(h["ss"] / h["df"])
+        out["by_accelerator"][acc] = {
+            "sigma": sigma, "measured": measured, "runs": int(h["runs"]), "commits": int(h["commits"]),
+            # a prior off by more than half from what was measured (on enough repeats to tell): visible, not silent
+            "prior_disagrees": bool(cfg.default_noise) and h["df"] >= DISAGREE_DF
+            and not (1 / DISAGREE <= measured / cfg.default_noise <= DISAGREE),
+        }
+    return out
 
 
 def status_dict(store: Store) -> dict[str, Any]:
@@ -21,14 +53,15 @@ def status_dict(store: Store) -> dict[str, Any]:
     counts = store.count_by_state()
     main = meta.get("main")
     results = store.results()
-    line = [r.val_bpb for r in results if r.commit == main and r.val_bpb is not None]
-    base = [r.val_bpb for r in results if r.commit == meta.get("baseline") and r.val_bpb is not None]
-    board = []
+    line = [r.val_bpb for r in _line_runs(results, main) if r.val_bpb is not None]
+    base = [r.val_bpb for r in _line_runs(results, meta.get("baseline")) if r.val_bpb is not None]
+    board, lineage = [], []
     for c in store.candidates({State.MERGED.value}):
-        vals = [r.val_bpb for r in results if r.commit == c.commit and r.val_bpb is not None]
-        if vals:
-            board.append({"cand": c.id, "commit": c.commit[:8], "val_bpb": sum(vals) / len(vals),
-                          "description": c.description})
+        runs = _line_runs(results, c.commit)
+        lineage.append(runs)
+        vals = [r.val_bpb for r in runs if r.val_bpb is not None]
+        board.append({"cand": c.id, "commit": c.commit[:8], "val_bpb": sum(vals) / len(vals) if vals else None,
+                      "description": c.description})
     return {
         "tag": store.tag, "status": meta.get("status"), "main": main, "created": meta.get("created"),
         "baseline_bpb": sum(base) / len(base) if base else None, "best_bpb": sum(line) / len(line) if line else None,
@@ -38,6 +71,7 @@ def status_dict(store: Store) -> dict[str, Any]:
         "experiments_measured": len({r.cand for r in results}), "measurements": len(results),
         "refused_late_results": len(store.refused()), "merged": board, "why_ended": meta.get("why"),
         "cost": costs(store), "workers": store.live_workers(), "controller": meta.get("controller"),
+        "noise": noise_floor(meta, lineage),
     }
 
 
@@ -60,8 +94,10 @@ def format_status(s: dict[str, Any], now: float | None = None) -> str:
         now = time.time() if now is None else now
         out.append("workers: " + ", ".join(f"{n} ({w.get('accelerator', '?')}, seen {now - w['at']:.0f}s ago)"
                                            for n, w in sorted(s["workers"].items())))
+    out += _noise_lines(s.get("noise") or {})
     for m in s["merged"]:
-        out.append(f"  {m['commit']} {m['val_bpb']:.6f} {m['cand']} {m['description']}")
+        bpb = f"{m['val_bpb']:.6f}" if m["val_bpb"] is not None else "(being measured)"
+        out.append(f"  {m['commit']} {bpb} {m['cand']} {m['description']}")
     c = s["cost"]
     line = (f"cost: {c['gpu_hours']:.2f} GPU-h, {c['worker_hours']:.2f} worker-h, "
             f"{c['prompt_tokens'] + c['completion_tokens']:,} LLM tokens, ${c['usd']:.2f}")
@@ -70,3 +106,22 @@ def format_status(s: dict[str, Any], now: float | None = None) -> str:
             line += f"; per {label}: {c[what]['gpu_hours']:.2f} GPU-h, ${c[what]['usd']:.2f}"
     out.append(line)
     return "".join(f"{ln}\n" for ln in out)
+
+
+def _noise_lines(n: dict[str, Any]) -> list[str]:
+    """What the noise floor rests on, in words."""
+    if not n:
+        return []
+    if n["seeding"] == "itself":
+        return [f"noise: the target seeds itself, so its repeats are one draw: no measured floor, the prior "
+                f"{n['prior']:.4f} bpb is used and repeats do not count as independent"]
+    if not n["by_accelerator"]:
+        return [f"noise: the prior {n['prior']:.4f} bpb until the main line has repeats"]
+    out = []
+    for acc, a in sorted(n["by_accelerator"].items()):
+        line = (f"noise {a['sigma']:.4f} bpb from {a['runs']} runs of {a['commits']} main-line commit"
+                f"{'s' if a['commits'] != 1 else ''} on {acc} (measured {a['measured']:.4f}, prior {n['prior']:.4f})")
+        if a["prior_disagrees"]:
+            line += f": the prior disagrees with what was measured; set judge.default_noise near {a['measured']:.4f}"
+        out.append(line)
+    return out

@@ -61,7 +61,7 @@ def finish(ctrl: Controller, name: str, val_bpb: float = 1.0) -> None:
     job = ctrl.fleet.inflight.pop(name).job
     now = time.time()
     r = Result(job=job.id, cand=job.cand, commit=job.commit, attempt=job.attempt, status="ok", val_bpb=val_bpb,
-               worker=name, started_at=now - 1, finished_at=now, purpose=job.purpose)
+               worker=name, started_at=now - 1, finished_at=now, purpose=job.purpose, seed=job.seed)
     ctrl.record(name, job, {"result": r.to_dict(), "log": ""})
 
 
@@ -234,3 +234,36 @@ def test_a_merge_makes_a_proposer_that_ran_dry_worth_asking_again(tmp_path, redi
     ctrl.apply(store.get_candidate(win.id), judge_policy.Decision("merge", "planted"), ctrl.line())
     assert ctrl.main == win.commit
     assert not ctrl.intake.exhausted and ctrl.intake.dry == 0, "new neighbours: the proposer is asked again"
+
+
+def test_every_measurement_gets_the_next_seed_of_its_commit_and_resume_goes_on_from_there(tmp_path, redis_client):
+    ctrl = controller(tmp_path, redis_client, 1)
+    store, baseline = ctrl.store, ctrl.main
+    assert sorted(j.seed for j in store.queued_jobs() if j.commit == baseline) == [1, 2, 3], "the baseline's repeats"
+    ctrl.intake.admit_round(proposals(ctrl, [{"BONUS": "0.05"}, {"UNUSED": "2"}]))
+    win, other = store.get_candidate("c0002"), store.get_candidate("c0003")
+    firsts = {j.cand: j.seed for j in store.queued_jobs() if j.purpose == Purpose.MEASURE.value}
+    assert firsts == {win.id: 1, other.id: 1}, "a candidate's first run shares seed 1 with the baseline's first"
+    for _ in range(4):  # the baseline three times, then the winner's first measurement
+        ctrl.dispatch()
+        finish(ctrl, "w0", val_bpb=1.0 if ctrl.fleet.inflight["w0"].job.cand != win.id else 0.95)
+    ctrl.judge()
+    confirm = next(j for j in store.queued_jobs() if j.cand == win.id)
+    assert (confirm.purpose, confirm.seed) == (Purpose.CONFIRM.value, 2), "a confirmation is a new draw"
+    beside = [j for j in store.queued_jobs() if j.commit == baseline]
+    assert [(j.purpose, j.seed) for j in beside] == [(Purpose.BASELINE.value, 4)], "the line is re-measured beside it"
+    again = controller(tmp_path, redis_client, 1, resume=True)
+    assert again.jobs.seeds[win.commit] == 2 and again.jobs.seeds[baseline] == 4, "seeds used, rebuilt on resume"
+    for val in (1.0, 0.951):  # the line's fourth run, then the confirmation (a new draw: not the very same number)
+        ctrl.dispatch()
+        finish(ctrl, "w0", val_bpb=val)
+    ctrl.judge()
+    assert ctrl.main == win.commit, "merged"
+    assert [r.seed for r in store.results(win.id)] == [1, 2]
+    ctrl.dispatch()  # the other candidate, rebased onto the new line as it is taken
+    assert ctrl.fleet.inflight["w0"].job.cand == other.id
+    finish(ctrl, "w0", val_bpb=1.0)
+    ctrl.judge()  # ... waits for the new line's own runs
+    line_jobs = [j for j in store.queued_jobs() if j.commit == win.commit and j.purpose == Purpose.BASELINE.value]
+    assert sorted(j.seed for j in line_jobs) == [3, 4, 5], "the new line is measured on new seeds, three times"
+    assert ctrl.line().results == [], "the winner's own (selected) runs do not anchor the line"

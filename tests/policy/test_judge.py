@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cluster.config import JudgeSettings
-from cluster.loop.judge import Decision, Line, decide, noise_sigma, pick_merge
+from cluster.loop.judge import Decision, Line, decide, line_sigma, margin_now, noise_sigma, pick_merge, repeats
 from cluster.records import Candidate, Purpose, Result
 
 H100 = "NVIDIA H100 80GB HBM3"
@@ -265,3 +265,44 @@ def test_overtime_needs_worker_timings_on_both_sides_and_allows_at_least_five_se
     assert overtime([timed(res(1.0), 14.9)], short) is None  # 20 % of 10 s is 2 s, but 5 s at least
     assert "ran 15.1 s" in overtime([timed(res(1.0), 15.1)], short)
     assert overtime([res(1.0)], short) is None and overtime([timed(res(1.0), 99.0)], [res(1.0)]) is None
+
+
+# --- seeds and the measured noise floor -------------------------------------------------------
+
+
+def seeded(val: float, seed: int, **kw) -> Result:
+    return dataclasses.replace(res(val, **kw), seed=seed)
+
+
+def test_the_measured_spread_of_earlier_main_lines_replaces_the_prior_as_it_grows():
+    cfg = JudgeSettings()
+    tight = [seeded(1.0 + d, s, commit="old", purpose="baseline") for s, d in enumerate([0.0, 0.0004, -0.0004])]
+    history = {acc: (h["ss"], h["df"]) for acc, h in repeats([tight] * 10).items()}
+    assert history[H100][1] == 20, "2 degrees of freedom per commit of 3 repeats"
+    prior_only = noise_sigma([], cfg)
+    measured = noise_sigma([], cfg, history=history[H100])
+    assert prior_only == cfg.default_noise and measured < prior_only / 2, (prior_only, measured)
+    # ... and the judge uses it: a gain that is noise under the prior wins against a tight measured floor
+    gain = [res(0.9975)]
+    assert decide(cand(), gain, line(BASE3), JudgeSettings(confirm=False)).action == "discard"
+    quiet = line([1.0, 1.0004, 0.9996], history=history)
+    assert decide(cand(), gain, quiet, JudgeSettings(confirm=False)).action == "merge"
+
+
+def test_a_target_that_seeds_itself_claims_no_measured_floor_and_counts_repeats_as_one_draw():
+    history = {H100: (1e-9, 30.0)}  # a floor that would look tiny, from same-seed repeats
+    same = line([1.0, 1.00001, 0.99999], history=history, same_seed=True)
+    assert line_sigma(same, H100) == JudgeSettings().default_noise, "the prior, not the jitter of one draw"
+    # two runs of a same-seed candidate are one draw: its margin is that of one run vs one
+    runs = [seeded(0.9965, 1, purpose="measure"), seeded(0.9965, 1, purpose="confirm")]
+    d = decide(cand(), runs, same, JudgeSettings())
+    assert d.action == "discard" and "margin 0.0057" in d.reason, d.reason  # 2 * 0.002 * sqrt(2)
+    assert margin_now(same, H100) == pytest.approx(2 * 0.002 * 2**0.5)
+
+
+def test_a_candidate_whose_seed_varied_runs_are_identical_is_a_cheat():
+    runs = [seeded(0.990, 1, purpose="measure"), seeded(0.990, 2, purpose="confirm")]
+    d = decide(cand(), runs, line(BASE3))
+    assert d.action == "discard" and d.reason.startswith("cheat:") and "seeds [1, 2]" in d.reason, d.reason
+    honest = [seeded(0.990, 1, purpose="measure"), seeded(0.9903, 2, purpose="confirm")]
+    assert decide(cand(), honest, line(BASE3)).action == "merge"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.tripwire import check, findings
+from worker.tripwire import check, findings, seeding_calls, uses_farm_seed
 
 TRAIN = (Path(__file__).resolve().parents[2] / "train.py").read_text()
 
@@ -307,6 +307,174 @@ def test_dynamic_spellings_pass_as_documented():
     assert flags("import torch\nsetattr(getattr(torch, 'Ten' + 'sor'), 'item', lambda self: 0.0)\n") == []
 
 
+# -- seeding: the farm assigns the seed (prepare.seed()), admission compares seeding_calls with the base's -----
+
+TRAIN_SEEDING = ["torch.manual_seed(seed())", "torch.cuda.manual_seed(seed())", "make_dataloader(..., seed=seed())"]
+UPSTREAM = """
+import torch
+from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, make_dataloader, evaluate_bpb
+
+t_start = time.time()
+torch.manual_seed(42)
+torch.cuda.manual_seed(42)
+torch.set_float32_matmul_precision("high")
+train_loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")
+"""
+
+
+def edit(old: str, new: str, count: int = 1) -> str:
+    assert TRAIN.count(old) == count, old
+    return TRAIN.replace(old, new)
+
+
+def test_the_repository_train_py_seeds_torch_cuda_and_its_loader_from_the_farm():
+    assert seeding_calls(TRAIN) == TRAIN_SEEDING
+    assert uses_farm_seed(TRAIN)
+    assert findings(TRAIN) == []
+
+
+def test_an_upstream_style_file_seeds_itself():
+    """Upstream autoresearch's train.py seeds torch with 42 and its loader with the harness's default."""
+    assert seeding_calls(textwrap.dedent(UPSTREAM)) == ["torch.manual_seed(42)", "torch.cuda.manual_seed(42)"]
+    assert not uses_farm_seed(textwrap.dedent(UPSTREAM))
+    assert findings(textwrap.dedent(UPSTREAM)) == []
+
+
+SEEDING = "    torch.manual_seed(seed())\n"
+
+
+@pytest.mark.parametrize("what, candidate", [
+    ("a seed constant of its own", edit("torch.manual_seed(seed())", "torch.manual_seed(42)")),
+    ("every seed a constant", TRAIN.replace("seed()", "1234")),
+    ("a fixed data order", edit("seed=seed())", "seed=0)")),
+    ("the loader's seed dropped", edit(', seed=seed())', ')')),
+    ("an extra RNG seeded", edit(SEEDING, SEEDING + "    random.seed(7)\n").replace("import gc\n", "import gc\nimport random\n")),
+    ("an extra torch seeding", edit(SEEDING, SEEDING + "    torch.manual_seed(seed() + 1)\n")),
+    ("a seed derived from the farm's", edit("torch.manual_seed(seed())", "torch.manual_seed(seed() % 2)")),
+    ("the seeding dropped", edit(SEEDING, "")),
+    ("the seed through a name", edit(SEEDING, "    s = 7\n    torch.manual_seed(s)\n")),
+    ("seed() rebound inside main", edit(SEEDING, "    seed = lambda: 7\n" + SEEDING)),
+    ("a seeded generator of its own", edit(SEEDING, SEEDING + "    g = torch.Generator().manual_seed(3)\n")),
+])
+def test_a_candidate_that_changes_the_seeding_has_other_seeding_calls(what, candidate):
+    assert seeding_calls(candidate) != seeding_calls(TRAIN), what
+
+
+def test_the_tripwire_alone_lets_seed_engineering_through():
+    """Neither change is a finding: the admission check on seeding_calls is what refuses them."""
+    constant = TRAIN.replace("seed()", "1234")
+    assert not uses_farm_seed(constant) and findings(constant) == []
+    partly = edit("torch.manual_seed(seed())", "torch.manual_seed(42)")
+    assert uses_farm_seed(partly) and findings(partly) == []  # CUDA and the loader still read the farm's seed
+    assert seeding_calls(partly) != TRAIN_SEEDING
+
+
+@pytest.mark.parametrize("name, value", [
+    ("DEPTH", "12"), ("MATRIX_LR", "0.03"), ("WARMDOWN_RATIO", "0.4"), ("CPU_TOTAL_BATCH_SIZE", "2**13"),
+])
+def test_constant_variants_keep_the_seeding(name, value):
+    variant, n = re.subn(rf"^{name} = [^#\n]+", f"{name} = {value}  ", TRAIN, count=1, flags=re.MULTILINE)
+    assert n == 1
+    assert seeding_calls(variant) == TRAIN_SEEDING and uses_farm_seed(variant)
+
+
+@pytest.mark.parametrize("src, expected", [
+    ("import torch as T\nT.manual_seed(1)\nT.cuda.manual_seed_all(1)\nT.random.manual_seed(1)\n",
+     ["T.manual_seed(1)", "T.cuda.manual_seed_all(1)", "T.random.manual_seed(1)"]),
+    ("from torch import manual_seed as ms\nms(3)\n", ["ms(3)"]),
+    ("from torch.cuda import manual_seed_all\nmanual_seed_all(3)\n", ["manual_seed_all(3)"]),
+    ("import random\nrandom.seed( 7 )\nr = random.Random(8)\nrandom.Random()\n", ["random.seed(7)", "random.Random(8)"]),
+    ("from random import seed\nseed(7)\n", ["seed(7)"]),
+    ("import numpy as np\nnp.random.seed(1)\nrng = np.random.default_rng(2)\nnp.random.RandomState(seed=3)\n"
+     "np.random.default_rng()\n", ["np.random.seed(1)", "np.random.default_rng(2)", "np.random.RandomState(seed=3)"]),
+    ("import numpy\nfrom numpy.random import default_rng as rng\nrng(5)\nnumpy.random.seed(6)\n",
+     ["rng(5)", "numpy.random.seed(6)"]),
+    ("import torch\ng = torch.Generator(device='cpu')\ng.manual_seed(9)\n", ["g.manual_seed(9)"]),
+    ("import torch\nt = torch\nt.manual_seed(1)\n", ["t.manual_seed(1)"]),
+    ("import torch\ntorch.set_rng_state(state)\n", ["torch.set_rng_state(state)"]),
+    ("import torch\nBASE = 40\nSEED = BASE + 2\ndef main():\n    torch.manual_seed(SEED)\n",
+     ["torch.manual_seed(SEED) where BASE = 40; SEED = BASE + 2"]),
+    ("import prepare as h\nloader = h.make_dataloader(tok, 8, 256, 'train', None, 1000, 5)\n",
+     ["h.make_dataloader(..., seed=5)"]),
+])
+def test_seeding_calls_resolve_aliases_and_keep_source_order(src, expected):
+    assert seeding_calls(src) == expected
+
+
+def test_names_in_a_seed_resolve_in_pythons_scopes():
+    """A seed read through a name shows that name's assignments in the scope Python reads it from:
+    not another function's variable of the same name, not a class body from its methods."""
+    src = """
+import torch
+s = 1
+def init():
+    s = 0.02
+def main():
+    s = 7
+    torch.manual_seed(s)
+def helper(s):
+    torch.manual_seed(s)
+def move():
+    global s
+    s = 5
+class C:
+    s = 9
+    def m(self):
+        torch.manual_seed(s)
+"""
+    assert seeding_calls(src) == ["torch.manual_seed(s) where s = 7", "torch.manual_seed(s)",
+                                  "torch.manual_seed(s) where s = 1; s = 5"]
+    assert seeding_calls(edit(SEEDING, "    s = 7\n    torch.manual_seed(s)\n"))[0] == "torch.manual_seed(s) where s = 7"
+
+
+def test_what_is_not_seeding():
+    assert seeding_calls("""
+import random, torch, prepare
+import numpy as np
+torch.use_deterministic_algorithms(True)
+g = torch.Generator()
+rng = np.random.default_rng()
+x = random.random() + torch.randn(3).sum().item()
+print(prepare.seed())
+loader = prepare.make_dataloader(tok, 8, 256, "train")
+def seed_everything():
+    pass
+""") == []
+
+
+@pytest.mark.parametrize("src", [
+    "import torch, prepare\ntorch.manual_seed(prepare.seed())\n",
+    "import torch\nimport prepare as harness\ntorch.manual_seed(harness.seed())\n",
+    "import torch\nfrom prepare import seed as farm_seed\ntorch.manual_seed(farm_seed() + 1)\n",
+    "import torch, prepare\ndef main():\n    s = prepare.seed()\n    torch.manual_seed(s)\n",
+    "import torch, prepare\ndef get_seed():\n    return prepare.seed()\ntorch.manual_seed(get_seed())\n",
+    "import os, torch\nSEED = int(os.environ.get('AUTORESEARCH_SEED', 42))\ntorch.manual_seed(SEED)\n",
+    "import os, torch\ntorch.manual_seed(int(os.getenv('AUTORESEARCH_SEED', '0')))\n",
+    "from os import environ\nimport numpy as np\nnp.random.seed(int(environ['AUTORESEARCH_SEED']))\n",
+    "from prepare import make_dataloader, seed\nloader = make_dataloader(tok, 8, 256, 'train', seed=seed())\n",
+])
+def test_uses_farm_seed(src):
+    assert uses_farm_seed(src)
+
+
+@pytest.mark.parametrize("src", [
+    "import torch\ntorch.manual_seed(42)\n",
+    "import torch\n",
+    "import torch, prepare\nprint(prepare.seed())\ntorch.manual_seed(0)\n",  # read, but not what seeds
+    "import os, torch\ntorch.manual_seed(int(os.environ.get('MY_SEED', 42)))\n",
+    "import torch\ntorch.manual_seed(len('AUTORESEARCH_SEED'))\n",  # the name, not the environment
+    "import torch, prepare\ns = prepare.seed()\ns = 7\ntorch.manual_seed(7)\n",
+    "def main(:\n",
+])
+def test_does_not_use_farm_seed(src):
+    assert not uses_farm_seed(src)
+
+
+def test_unparsable_source_has_no_seeding_calls():
+    assert seeding_calls("def main(:\n    torch.manual_seed(1)\n") == []
+    assert seeding_calls("x = 1\0") == []
+
+
 # -- the API ---------------------------------------------------------------------------------------------
 
 def test_syntax_errors_are_not_findings():
@@ -331,12 +499,13 @@ def test_fast_on_a_600_line_file():
     body = TRAIN[TRAIN.index("def norm"):TRAIN.index("def lr_multiplier")]
     src = TRAIN + body.replace("class ", "class X").replace("def ", "def x_")
     assert len(src.splitlines()) >= 600
-    best = min(_timed(src) for _ in range(10))
-    # about 10 ms, half of it ast.parse; the bound only catches a gross slowdown on a busy machine
-    assert best < 0.1, f"{best * 1000:.1f} ms"
+    for check_source in (findings, seeding_calls):
+        best = min(_timed(check_source, src) for _ in range(10))
+        # about 10 ms, half of it ast.parse; the bound only catches a gross slowdown on a busy machine
+        assert best < 0.1, f"{check_source.__name__}: {best * 1000:.1f} ms"
 
 
-def _timed(src: str) -> float:
+def _timed(check_source, src: str) -> float:
     t0 = time.perf_counter()
-    findings(src)
+    check_source(src)
     return time.perf_counter() - t0

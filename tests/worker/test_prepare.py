@@ -95,17 +95,22 @@ def test_profile_defaults_and_env_overrides(tmp_path):
     assert (cpu.PROFILE, cpu.MAX_SEQ_LEN, cpu.EVAL_TOKENS, cpu.VOCAB_SIZE) == ("cpu", 256, 2**17, 2048)
     assert cpu.TIME_BUDGET == 300
     assert cpu.DATASET == "offline" and cpu.CACHE_DIR == str(tmp_path)
+    assert cpu.seed() == 42  # outside the farm
     gpu = load_prepare(tmp_path, AUTORESEARCH_PROFILE="gpu", AUTORESEARCH_SEQ_LEN=None, AUTORESEARCH_VOCAB_SIZE=None,
                        AUTORESEARCH_EVAL_TOKENS=None)
     assert (gpu.MAX_SEQ_LEN, gpu.EVAL_TOKENS, gpu.VOCAB_SIZE) == (2048, 40 * 524288, 8192)
     custom = load_prepare(tmp_path, AUTORESEARCH_EVAL_TOKENS="1000", AUTORESEARCH_TIME_BUDGET="12.5",
-                          AUTORESEARCH_DATASET="climbmix")
+                          AUTORESEARCH_DATASET="climbmix", AUTORESEARCH_SEED="7")
     assert custom.EVAL_TOKENS == 960 and custom.TIME_BUDGET == 12.5 and custom.DATASET == "climbmix"
+    assert custom.seed() == 7 and type(custom.seed()) is int
+    assert load_prepare(tmp_path, AUTORESEARCH_SEED="0").seed() == 0
     assert custom.tokenized_dir() == str(tmp_path / "tokenized" / f"climbmix-v{VOCAB}")
 
 @pytest.mark.parametrize("name, value", [("AUTORESEARCH_SEQ_LEN", "abc"), ("AUTORESEARCH_PROFILE", "tpu"),
                                          ("AUTORESEARCH_EVAL_TOKENS", "10"), ("AUTORESEARCH_VOCAB_SIZE", "100"),
-                                         ("AUTORESEARCH_TIME_BUDGET", "-1"), ("AUTORESEARCH_DATASET", "../x")])
+                                         ("AUTORESEARCH_TIME_BUDGET", "-1"), ("AUTORESEARCH_DATASET", "../x"),
+                                         ("AUTORESEARCH_SEED", "-1"), ("AUTORESEARCH_SEED", "1.5"),
+                                         ("AUTORESEARCH_SEED", str(2**64))])
 def test_bad_env_values_name_the_variable(tmp_path, name, value):
     with pytest.raises(ValueError, match=name):
         load_prepare(tmp_path, **{name: value})

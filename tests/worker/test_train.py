@@ -1,4 +1,4 @@
-"""train.py on CPU for real: the README's two harness commands, NaN fast-fail, and determinism."""
+"""train.py on CPU for real: the README's two harness commands, NaN fast-fail, determinism and the farm's seed."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def untrained_bpb(d: Path, env: dict[str, str]) -> float:
         "n = -(-train.DEPTH * train.ASPECT_RATIO // train.HEAD_DIM) * train.HEAD_DIM\n"
         "cfg = train.GPTConfig(prepare.MAX_SEQ_LEN, tok.get_vocab_size(), train.DEPTH, n // train.HEAD_DIM, n,\n"
         "                      train.WINDOW_PATTERN, train.VALUE_EMBEDS, train.LOGIT_SOFTCAP)\n"
-        "torch.manual_seed(train.SEED)\n"
+        "torch.manual_seed(prepare.seed())\n"
         "m = train.GPT(cfg); m.init_weights(); m.eval()\n"
         "print(prepare.evaluate_bpb(m, tok, train.DEVICE_BATCH_SIZE))\n"
     )
@@ -122,9 +122,32 @@ def test_same_seed_gives_the_same_loss_curve_on_cpu(small_corpus, tmp_path):
     n = min(len(a), len(b))
     assert n >= 5
     assert a[:n] == b[:n]
-    other = run(workdir(tmp_path / "other", constant.replace("SEED = 42 ", "SEED = 43 ")), env, "train.py",
-                timeout=120)
+    other = run(d, dict(env, AUTORESEARCH_SEED="43"), "train.py", timeout=120)
     assert losses(other.stdout)[:3] != a[:3], "and another seed a different one"
+
+
+def test_the_farms_seed_decides_the_run_and_another_seed_changes_it(small_corpus, tmp_path):
+    """AUTORESEARCH_SEED (prepare.seed()) seeds the initialisation and the data order: two runs with the
+    same seed give the same val_bpb, another seed gives another. The harness has no step knob, and a
+    time-budgeted run takes as many steps as the machine's load allows, so two runs of one seed would
+    differ by timing alone. A budget far below one step's time makes the run step-bounded instead: the
+    first step is excluded from the budget (EXCLUDED_STEPS on CPU) and the second spends it, both at the
+    full lr (the schedule's progress is 0 until a counted step ends), so every run trains exactly two
+    steps and its val_bpb depends on the seed alone."""
+    _, env = small_corpus
+    d = workdir(tmp_path)
+    env = dict(env, AUTORESEARCH_TIME_BUDGET="0.001")
+    runs = {}
+    for name, seed in [("a", "1"), ("again", "1"), ("b", "2")]:
+        out = run(d, dict(env, AUTORESEARCH_SEED=seed), "train.py", timeout=120)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert f"| seed: {seed} |" in out.stdout
+        summary = parse_summary(out.stdout)
+        assert summary["num_steps"] == 2, "the run is step-bounded"
+        runs[name] = summary["val_bpb"], losses(out.stdout)
+    assert runs["a"] == runs["again"], "the same seed: the same losses and the same val_bpb"
+    assert runs["a"][0] != runs["b"][0], "another seed: another val_bpb"
+    assert runs["a"][1][0] != runs["b"][1][0], "and another first loss (initialisation and data order)"
 
 
 def test_the_gpu_code_path_keeps_one_dtype_under_bf16_autocast():
