@@ -267,3 +267,16 @@ def test_every_measurement_gets_the_next_seed_of_its_commit_and_resume_goes_on_f
     line_jobs = [j for j in store.queued_jobs() if j.commit == win.commit and j.purpose == Purpose.BASELINE.value]
     assert sorted(j.seed for j in line_jobs) == [3, 4, 5], "the new line is measured on new seeds, three times"
     assert ctrl.line().results == [], "the winner's own (selected) runs do not anchor the line"
+
+
+def test_a_candidate_that_changes_how_train_py_seeds_is_refused_before_it_runs(tmp_path, redis_client):
+    ctrl = controller(tmp_path, redis_client, 1)
+    src = ctrl.repo.read_file(ctrl.main, "train.py")
+    own_seed = set_constants(src, {"UNUSED": "5"}) + "\nrandom.seed(7)  # a seed of its own\n"
+    honest = set_constants(src, {"UNUSED": "6"})
+    admitted = ctrl.intake.admit_round([Proposal("own seed", own_seed, "llm", {}), Proposal("honest", honest, "llm", {})])
+    assert admitted == 1
+    refused, ok = ctrl.store.get_candidate("c0002"), ctrl.store.get_candidate("c0003")
+    assert refused.state == State.INVALID.value and "seeds its random numbers" in refused.decision["reason"]
+    assert ok.state == State.QUEUED.value
+    assert not [j for j in ctrl.store.queued_jobs() if j.cand == refused.id], "no GPU time for it"
