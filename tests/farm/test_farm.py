@@ -48,8 +48,10 @@ def test_planted_improvement_is_confirmed_merged_and_pending_candidates_rebased(
         assert win.state == State.MERGED.value
         assert win.decision["numbers"]["n_cand"] == 2, "a winner is measured again before it merges"
         purposes = sorted(r.purpose for r in farm.store.results(win.id))
-        assert purposes == ["baseline"] * 3 + ["confirm", "measure"], \
-            "then measured as the main line, on new seeds, as many times as the baseline"
+        # then measured as the main line on new seeds: as many times as the baseline, and once more
+        # beside each later confirmation
+        assert [p for p in purposes if p != "baseline"] == ["confirm", "measure"], purposes
+        assert purposes.count("baseline") >= 3, purposes
         main = farm.repo.main_line("t1")
         assert main == win.commit, "the main line is exactly the measured tree"
         for name in ("neutral a", "neutral b"):
