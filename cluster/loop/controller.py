@@ -329,7 +329,7 @@ class Controller:
             self.jobs.enqueue(cand, Purpose.CONFIRM, front=True)
             # the line is measured once more beside it, on a new seed: an apparent win is most often a
             # line measured high by luck, and the confirmation is judged against the line with that run
-            if cand.base == line.commit:
+            if cand.base == line.commit == self.main:  # (not when a merge of this pass moved the line)
                 self.jobs.enqueue(self._main_candidate(line.commit), Purpose.BASELINE, front=True)
             self.report(f"{cand.id} looks better; confirming: {d.reason}")
         elif d.action == "rebase":
