@@ -271,9 +271,7 @@ class Controller:
             return ""
         acc = accs.most_common(1)[0][0]
         sigma = judge_policy.line_sigma(line, acc, self.cfg.judge)
-        _, df = judge_policy.pooled([judge_policy.spread([r.val_bpb for r in line.results
-                                                           if r.val_bpb is not None and r.accelerator == acc]),
-                                     line.history.get(acc, (0.0, 0.0))])
+        df = judge_policy.measured_df(line, acc)
         source = "the prior: the target seeds itself" if self.same_seed else f"measured, {df:.0f} df" if df else "the prior"
         return f"noise {sigma:.4f} ({source}): a win must clear {judge_policy.margin_now(line, acc, self.cfg.judge):.4f}"
 

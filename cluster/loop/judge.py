@@ -129,16 +129,23 @@ def noise_sigma(values: Sequence[float], cfg: JudgeSettings = JudgeSettings(), p
     return max(cfg.min_noise, math.sqrt(var))
 
 
+def _draws(runs: Iterable[Result], acc: str | None = None) -> dict[str, list[float]]:
+    """Per accelerator (or ``acc`` alone), the val_bpb of a commit's ok runs that are independent
+    draws: one per seed, and none whose seed is unknown (a run recorded before the farm assigned
+    seeds repeated its commit's one seed)."""
+    by_acc: dict[str, dict[int, float]] = {}
+    for r in runs:
+        if _usable(r) and r.seed is not None and acc in (None, r.accelerator):
+            by_acc.setdefault(r.accelerator, {}).setdefault(r.seed, float(r.val_bpb))  # type: ignore[arg-type]
+    return {a: list(v.values()) for a, v in by_acc.items()}
+
+
 def repeats(runs_by_commit: Iterable[Sequence[Result]]) -> dict[str, dict[str, float]]:
-    """Per accelerator, the pooled spread of several commits' repeats: ``ss`` and ``df`` (for
-    ``Line.history``), and how many ``runs`` of how many ``commits`` it rests on."""
+    """Per accelerator, the pooled spread of several commits' seed-varied repeats: ``ss`` and ``df``
+    (for ``Line.history``), and how many ``runs`` of how many ``commits`` it rests on."""
     out: dict[str, dict[str, float]] = {}
     for runs in runs_by_commit:
-        by_acc: dict[str, list[float]] = {}
-        for r in runs:
-            if _usable(r):
-                by_acc.setdefault(r.accelerator, []).append(float(r.val_bpb))  # type: ignore[arg-type]
-        for acc, vals in by_acc.items():
+        for acc, vals in _draws(runs).items():
             ss, df = spread(vals)
             if df:
                 h = out.setdefault(acc, {"ss": 0.0, "df": 0.0, "runs": 0, "commits": 0})
@@ -149,12 +156,18 @@ def repeats(runs_by_commit: Iterable[Sequence[Result]]) -> dict[str, dict[str, f
     return out
 
 
+def measured_df(line: Line, acc: str) -> float:
+    """Degrees of freedom of the measured part of ``line_sigma`` (0: the prior alone)."""
+    if line.same_seed:
+        return 0.0
+    return pooled([spread(_draws(line.results, acc).get(acc, [])), line.history.get(acc, (0.0, 0.0))])[1]
+
+
 def line_sigma(line: Line, acc: str, cfg: JudgeSettings = JudgeSettings()) -> float:
     """The noise the line's comparisons on ``acc`` use: measured where the repeats are new draws."""
     if line.same_seed:
         return noise_sigma([], cfg)  # its repeats are one draw: no measured floor, the prior
-    vals = [float(r.val_bpb) for r in line.results if _usable(r) and r.accelerator == acc]  # type: ignore[arg-type]
-    return noise_sigma(vals, cfg, history=line.history.get(acc, (0.0, 0.0)))
+    return noise_sigma(_draws(line.results, acc).get(acc, []), cfg, history=line.history.get(acc, (0.0, 0.0)))
 
 
 def margin_now(line: Line, acc: str, cfg: JudgeSettings = JudgeSettings()) -> float:

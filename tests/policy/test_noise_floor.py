@@ -3,6 +3,8 @@ seed-varied repeats, pooled per accelerator, with a prior that disagrees made vi
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from cluster.records import Result
@@ -37,3 +39,10 @@ def test_a_floor_that_agrees_with_the_prior_is_not_flagged_and_a_self_seeding_ta
     assert same["by_accelerator"] == {}
     assert "seeds itself" in _noise_lines(same)[0] and "prior 0.0020" in _noise_lines(same)[0]
     assert "until the main line has repeats" in _noise_lines(noise_floor(META, [runs("m0", [1.0])]))[0]
+
+
+def test_runs_recorded_without_a_seed_or_on_one_seed_are_not_a_measured_floor():
+    """A run stored before the farm assigned seeds repeated its commit's one seed: its spread is jitter."""
+    old = [dataclasses.replace(r, seed=None) for r in runs("m0", [1.0, 1.0001, 0.9999])]
+    one_seed = [dataclasses.replace(r, seed=1) for r in runs("m1", [1.0, 1.0001, 0.9999])]
+    assert noise_floor(META, [old, one_seed])["by_accelerator"] == {}
