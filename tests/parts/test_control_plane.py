@@ -35,10 +35,10 @@ class RecordingFleet(Fleet):
 
 
 def controller(tmp_path, redis_client, n: int, *, resume: bool = False, name: str = "target",
-               **overrides) -> Controller:
+               train_source: str | None = None, **overrides) -> Controller:
     repo_path = tmp_path / name
     if not repo_path.exists():
-        make_repo(repo_path)
+        make_repo(repo_path, train_source)
         redis_client.flushall()
     cfg = farm_config(repo_path, **{"workers.count": n, **overrides})
     store = Store(redis_client, "t1")
@@ -280,3 +280,17 @@ def test_a_candidate_that_changes_how_train_py_seeds_is_refused_before_it_runs(t
     assert refused.state == State.INVALID.value and "seeds its random numbers" in refused.decision["reason"]
     assert ok.state == State.QUEUED.value
     assert not [j for j in ctrl.store.queued_jobs() if j.cand == refused.id], "no GPU time for it"
+
+
+def test_a_target_that_seeds_itself_is_recorded_so_and_judged_on_the_prior(tmp_path, redis_client):
+    """Upstream autoresearch calls torch.manual_seed(42): its repeats are one draw."""
+    from tests.farmkit import FIXTURES
+
+    own = (FIXTURES / "scripted_train.py").read_text().replace(
+        'int(os.environ.get("AUTORESEARCH_SEED", "42"))', "42")
+    assert own != (FIXTURES / "scripted_train.py").read_text()
+    ctrl = controller(tmp_path, redis_client, 1, train_source=own)
+    assert ctrl.same_seed and ctrl.store.run_meta()["seeding"] == "itself"
+    assert ctrl.line().same_seed, "the judge is told: no measured floor, repeats are one draw"
+    farm = controller(tmp_path, redis_client, 1, name="farm-seeded")
+    assert not farm.same_seed and farm.store.run_meta()["seeding"] == "farm"
