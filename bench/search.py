@@ -12,15 +12,32 @@ What is modelled
     shape, with interactions (Muon's best lr grows with sqrt(batch); depth and width share a term),
     an out-of-memory crash region, and every other constant neutral. The default train.py sits
     ~0.05 above the optimum; 20 of the 88 single-constant steps the proposer can take from it help,
-    by 0.001 to 0.014 (against a judge margin of ~0.005 for one run vs the line's three). Each
-    measurement adds Gaussian noise of 0.002 bpb (the measured seed noise).
+    by 0.001 to 0.014 (against a judge margin of ~0.005 for one run vs the line's three).
+  * Measurement noise (``--noise``, bench/simfarm.py ``Noise``). ``gpu`` (the default since
+    2026-12-01): on a GPU a run's error is (nearly) a fixed function of the code and the seed, so a
+    measurement of commit source ``src`` on seed ``s`` errs by
+    ``seed_sd * g(sha256(src), s) + jitter_sd * N(0, 1)``, ``g`` a fixed standard Gaussian of (code
+    hash, seed) in each replicate (``--seed-sd`` 0.002, the published seed spread; ``--jitter-sd``
+    0.0003, the published same-code re-run difference). A same-seed re-run of the same code
+    repeats itself up to jitter; a candidate that changes anything is a new draw, whatever its
+    seed, unless ``--seed-corr`` (an assumption, default 0) correlates same-seed runs of different
+    code. ``iid`` (the model before): every measurement an independent N(0, ``--seed-sd``).
   * Time: every run takes ``--run-seconds`` (default 330: 300 s of training + start-up and
     evaluation), +/-2 % jitter; a crash takes 60 s. A GPU-hour is a worker held for an hour.
   * The farm's own policies, called as they are: ``proposer.mutate.MutateProposer`` proposes (its
     history built as cluster/loop/intake.py's ``Intake.history`` builds it); ``cluster.loop.judge.decide`` and
     ``pick_merge`` decide; rebases are ``cluster.repo.merge_lines`` (3-way merge of the source text;
     a conflict or a change already in the main line makes a candidate stale).
-  * The controller's rules, re-implemented in bench/simfarm.py (the duplication, ~120 lines:
+  * Seeds, the main line and the noise floor as the farm has them since 2026-12-01: the k-th job
+    ever queued for a commit runs on seed k + 1 (the baseline's three runs are seeds 1-3, a
+    candidate's measurement seed 1 and its confirmation seed 2, a merged commit's line runs seeds
+    3-5); the main line is measured by its own baseline-purpose runs only (``--line honest``), so a
+    merge is followed by ``baseline_runs`` fresh line runs, and the line is measured once more beside
+    every confirmation judged against it (``--line all-runs``: the old rules, every run of the
+    main-line commit, the merged candidate's selected runs included, no extra run); the judge's sigma
+    pools the repeats of every main-line commit of the run with the prior (``Line.history``,
+    ``--floor pooled``; ``--floor line``: the current line's repeats and the prior only, as before).
+  * The controller's rules, re-implemented in bench/simfarm.py (the duplication, ~140 lines:
     ``Sim._judge``, ``_apply``, ``_rebase``, ``_rebase_pending``, ``_dispatch`` and ``_record`` mirror
     cluster/loop/controller.py's ``judge``, ``apply``, ``_retest``, ``take``, ``dispatch`` and ``record``;
     ``_fill`` and ``_history`` cluster/loop/intake.py's ``ask``/``admit``/``history``): the baseline is queued ``baseline_runs`` times; the queue is kept
@@ -28,18 +45,31 @@ What is modelled
     go to the front; one merge per judging pass (``pick_merge``), the main line moves to exactly the
     measured commit; queued candidates are rebased onto it; a candidate measured on an old base that
     still beats that base is rebased and measured again, once. The proposer dedupes with a hash of
-    the raw text instead of ``proposer.base.fingerprint`` (same equality on these sources, 100x faster).
+    the raw text instead of ``proposer.base.fingerprint`` (same equality on these sources, 100x faster),
+    parses each main line once, skips its compile check (a literal swapped for a literal always
+    compiles) and sums its arm scores as outcomes arrive (exact: multiples of 1/4): the same
+    proposals as the plain proposer, several times faster on long runs.
 
 What is not modelled
   * Control-plane latency (dispatch gaps, proposer and git time): bench/farm_overhead.py measures
     those; here dispatch and proposing are instantaneous. Worker or controller failures, leases.
   * Accelerator differences (one accelerator everywhere), code-size penalties (mutations change
     lines in place, so net lines are 0), simplification merges, LLM proposers.
+  * Seed engineering (the mutate proposer never touches seeding, so the admission check and the
+    judge's same-val_bpb-on-different-seeds cheat rule never fire here) and targets that seed
+    themselves (``Line.same_seed`` is always False: every repeat here is a new seed).
+  * What g is made of: with ``--seed-corr 0`` the error of any new code is a new draw, so the farm's
+    seed schedule (a (code, seed) is measured twice only when a proposal recreates a source already
+    measured: ~1-2 % of runs, counted in the output) makes the GPU-like model nearly the iid one;
+    only ``--seed-corr`` > 0 (same init and data order shared across code, not measured anywhere
+    here) makes seeds matter.
   * A real loss surface: the landscape is smooth and separable but for the interactions above; real
     ones have more plateaus and more crashes. Ratios between 1 and N workers are the point, not
     absolute numbers.
 
-Run: ``python bench/search.py --quick`` (no Ray). The HEADLINE line is printed last.
+Run: ``python bench/search.py --quick`` (no Ray; ~10 s). ``--workers 4,16 --noise gpu,iid`` compares
+worker counts and noise models in one invocation (each noise model has its own 1-worker target).
+The HEADLINE line is printed last (the first noise model, the largest worker count).
 """
 
 from __future__ import annotations
@@ -58,11 +88,16 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.simfarm import (
+    FLOORS,
+    LINE_MODES,
+    NOISE_MODELS,
     SCALE,
+    Noise,
     Outcomes,
     Sim,
     bootstrap,
     gpu_hours_per_merge,
+    pairing,
     speedup,
     time_to,
 )
@@ -72,13 +107,18 @@ log = logging.getLogger("bench.search")
 
 # ---------------------------------------------------------------------------------- the experiment
 
-def experiment(workers: int, seeds: list[int], hours: float, run_seconds: float, *, scale: float = SCALE,
-               confirm_runs: int = 1, learn_from_stale: bool = False, source: str | None = None) -> dict[str, Any]:
-    """1-worker runs for 2 x ``hours`` (target: their median best after ``hours``), then ``workers``-worker
-    runs until they reach the target (at most 2 x ``hours``)."""
+def experiment(workers: int | list[int], seeds: list[int], hours: float, run_seconds: float, *,
+               scale: float = SCALE, confirm_runs: int = 1, learn_from_stale: bool = False,
+               source: str | None = None, noise: Noise | None = None, line: str = "honest",
+               floor: str = "pooled") -> dict[str, Any]:
+    """1-worker runs for 2 x ``hours`` (target: their median best after ``hours``), then for each count in
+    ``workers`` runs until they reach the target (at most 2 x ``hours``). ``rows``: the 1-worker row, then
+    one per count, each with its speedup and GPU-hour ratios; the top-level ratios are the last count's."""
+    counts = [workers] if isinstance(workers, int) else list(workers)
     horizon = 2 * hours * 3600
-    seq = [Sim(1, s, run_seconds=run_seconds, source=source, scale=scale, learn_from_stale=learn_from_stale)
-           for s in seeds]
+    common: dict[str, Any] = {"run_seconds": run_seconds, "source": source, "scale": scale,
+                              "learn_from_stale": learn_from_stale, "noise": noise, "line": line, "floor": floor}
+    seq = [Sim(1, s, **common) for s in seeds]
     base_true = seq[0].true("k0")
     seq_out = []
     for s in seq:
@@ -91,14 +131,7 @@ def experiment(workers: int, seeds: list[int], hours: float, run_seconds: float,
         if target >= base_true:
             raise SystemExit(f"no 1-worker run improved within {hours:g} h: pass more --hours")
         log.warning("most 1-worker runs did not improve within %g h: the target is the best one's", hours)
-    par_out = []
-    for s in seeds:
-        sim = Sim(workers, s, run_seconds=run_seconds, source=source, scale=scale, confirm_runs=confirm_runs,
-                  learn_from_stale=learn_from_stale)
-        par_out.append(sim.run(horizon, target))
-        log.info("%d workers, seed %d: %d merges, %d runs", workers, s, len(sim.out.merges), sum(sim.out.runs.values()))
     t1 = [time_to(o.trajectory, target) for o in seq_out]  # inf: never (within 2 x hours)
-    tn = [time_to(o.trajectory, target) for o in par_out]
 
     def row(label: int, outs: list[Outcomes], times: list[float]) -> dict[str, Any]:
         """Medians over seeds, each run cut at its time to target (runs that never got there: their whole run)."""
@@ -112,66 +145,164 @@ def experiment(workers: int, seeds: list[int], hours: float, run_seconds: float,
             "merges": len(merges) / len(outs), "gpu_h_per_merge": statistics.median(per_merge) if per_merge else math.inf,
             "false": sum(m["after"] >= m["before"] for m in merges), "merged": len(merges),
             "stale": sum(o.stale for o in outs) / len(outs), "retests": sum(o.retests for o in outs) / len(outs),
+            "repeats": sum(o.repeats for o in outs) / len(outs),
             "purposes": dict(sum((o.runs for o in outs), collections.Counter())),
         }
 
-    one, many = row(1, seq_out, t1), row(workers, par_out, tn)
+    one = row(1, seq_out, t1)
+    rows = [one]
+    for n in counts:
+        par_out = []
+        for s in seeds:
+            sim = Sim(n, s, confirm_runs=confirm_runs, **common)
+            par_out.append(sim.run(horizon, target))
+            log.info("%d workers, seed %d: %d merges, %d runs", n, s, len(sim.out.merges), sum(sim.out.runs.values()))
+        tn = [time_to(o.trajectory, target) for o in par_out]
+        many = row(n, par_out, tn)
+        many.update(speedup=speedup(t1, tn), speedup_80=bootstrap(t1, tn),
+                    gpu_h_ratio=many["gpu_h_per_merge"] / one["gpu_h_per_merge"],
+                    gpu_h_to_target_ratio=many["gpu_h"] / one["gpu_h"])
+        rows.append(many)
+    last = rows[-1]
     return {"seeds": seeds, "hours": hours, "run_seconds": run_seconds, "baseline_true": base_true, "target": target,
-            "speedup": speedup(t1, tn), "speedup_80": bootstrap(t1, tn), "gpu_h_ratio": many["gpu_h_per_merge"] / one["gpu_h_per_merge"],
-            "rows": [one, many]}
+            "speedup": last["speedup"], "speedup_80": last["speedup_80"], "gpu_h_ratio": last["gpu_h_ratio"],
+            "rows": rows}
 
 
 def _fmt_h(xs: list[float]) -> str:
     return ", ".join("never" if math.isinf(x) else f"{x:.1f}" for x in xs)
 
 
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _models(text: str) -> list[str]:
+    models = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [m for m in models if m not in NOISE_MODELS]
+    if bad or not models:
+        raise argparse.ArgumentTypeError(f"noise models are {', '.join(NOISE_MODELS)} (comma-separated), not {text!r}")
+    return models
+
+
+def _pct(false: int, merged: int) -> str:
+    return f"{100 * false / max(1, merged):.1f} % ({false} of {merged})"
+
+
+def _print_pairing(noise: Noise, draws: int) -> None:
+    """What pairing (a candidate's first run on seed 1 against the line's seed-1 run) buys in this model."""
+    corrs = [noise.seed_corr] + ([0.5] if noise.seed_corr == 0 else [])
+    for corr in corrs:
+        p = pairing(Noise("gpu", noise.seed_sd, noise.jitter_sd, corr), n=draws)
+        assumed = "" if corr == noise.seed_corr else " (assumed)"
+        print(f"pairing, gpu-like noise, same-seed correlation across code {corr:g}{assumed}: sd of (candidate - line) "
+              f"for a neutral candidate's seed-1 run: paired with the line's seed 1 {p['paired']:.5f}, unpaired "
+              f"(seed 2) {p['unpaired']:.5f}; against the mean of the baseline's seeds 1-3 {p['vs_baseline_mean']:.5f}, "
+              f"of a merged line's seeds 3-5 {p['vs_merged_line_mean']:.5f}; same code, same seed "
+              f"{p['same_code_same_seed']:.5f}; two neutral candidates' deltas against one merged line correlate "
+              f"{p['between_candidates_corr']:.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="See the module docstring for what is and is not modelled.")
-    ap.add_argument("--quick", action="store_true", help="5 seeds, 8 h (about 30 s)")
-    ap.add_argument("--workers", type=int, default=16, help="workers of the parallel farm (default 16)")
+    ap.add_argument("--quick", action="store_true", help="5 seeds, 8 h (seconds)")
+    ap.add_argument("--workers", type=_ints, default=[16],
+                    help="worker counts of the parallel farm, comma-separated, e.g. 4,16 (default 16)")
     ap.add_argument("--seeds", type=int, default=12, help="seeds (measurement noise and proposer) per setting")
     ap.add_argument("--hours", type=float, default=24.0,
                     help="the target is the median best TRUE val_bpb of the 1-worker runs after this many hours")
     ap.add_argument("--run-seconds", type=float, default=330.0, help="seconds per training run (budget + overhead)")
     ap.add_argument("--scale", type=float, default=SCALE,
                     help="multiplies the landscape's terms: lower = gains closer to the noise (default %(default)s)")
+    ap.add_argument("--noise", type=_models, default=["gpu"],
+                    help="measurement noise model(s), comma-separated, each with its own 1-worker target: gpu (the "
+                         "error is a fixed function of (code, seed) plus jitter) or iid (a fresh draw per measurement, "
+                         "the model before 2026-12-01); e.g. gpu,iid (default gpu)")
+    ap.add_argument("--seed-sd", type=float, default=0.002,
+                    help="seed-to-seed spread of val_bpb (gpu), or the per-measurement sd (iid) (default %(default)s)")
+    ap.add_argument("--jitter-sd", type=float, default=0.0003,
+                    help="same code, same seed re-run difference (gpu only; default %(default)s)")
+    ap.add_argument("--seed-corr", type=float, default=0.0,
+                    help="correlation of same-seed runs of different code (gpu only; an assumption, default 0)")
+    ap.add_argument("--line", choices=LINE_MODES, default="honest",
+                    help="honest: the main line is its baseline-purpose runs only, measured afresh after a merge and "
+                         "once more beside each confirmation (the farm since 2026-12-01); all-runs: every run of the "
+                         "main-line commit, its candidate runs included, no extra line run (before)")
+    ap.add_argument("--floor", choices=FLOORS, default="pooled",
+                    help="pooled: the noise sigma pools the repeats of every main-line commit of the run (the farm "
+                         "since 2026-12-01); line: the current line's repeats and the prior only (before)")
     ap.add_argument("--confirm-runs", type=int, default=1,
                     help="confirmation runs queued at once for an apparent winner by the N-worker farm (the farm: 1; "
-                         "2 is a policy variant: the merged commit then has the line's 3 runs)")
+                         "2 is a policy variant)")
     ap.add_argument("--learn-from-stale", action="store_true",
                     help="policy variant (the farm before 2026-11-26): stale candidates go into the proposer's history "
                          "as status 'stale', which the mutate bandit scores like a crash; the farm leaves them out")
+    ap.add_argument("--pairing-draws", type=int, default=20000,
+                    help="simulated neutral candidates for the pairing figures (default %(default)s, ~3 s)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.hours = 5, 8.0
+    counts = sorted({n for n in args.workers if n > 1})
+    if not counts:
+        ap.error("--workers needs at least one count above 1")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     t0 = time.time()
-    r = experiment(args.workers, list(range(args.seeds)), args.hours, args.run_seconds, scale=args.scale,
-                   confirm_runs=args.confirm_runs, learn_from_stale=args.learn_from_stale)
-    one, many = r["rows"]
-    print(f"landscape: baseline TRUE val_bpb {r['baseline_true']:.4f}; target {r['target']:.4f} (median best of the "
-          f"1-worker runs after {args.hours:g} h); {args.seeds} seeds; {args.run_seconds:g} s per run; "
-          f"scale {args.scale:g}; confirm runs {args.confirm_runs}; stale outcomes "
-          f"{'learned from' if args.learn_from_stale else 'skipped'}")
-    for x in (one, many):
-        print(f"{x['workers']} worker(s): hours to target per seed: {_fmt_h(x['hours'])}; runs by purpose "
-              f"{x['purposes']}; per seed {x['stale']:.1f} stale, {x['retests']:.1f} re-tested after a win on an old base")
-    print()
-    print("| workers | median h to target | GPU-h to target | runs to target | merges to target | GPU-h per merge "
-          "| false merges |\n|---|---|---|---|---|---|---|")
-    for x in (one, many):
-        print(f"| {x['workers']} | {x['median_h']:.2f} | {x['gpu_h']:.1f} | {x['runs']:.0f} | {x['merges']:.1f} | "
-              f"{x['gpu_h_per_merge']:.2f} | {x['false']} of {x['merged']} |")
-    lo, hi = r["speedup_80"]
-    print(f"\nspeedup {r['speedup']:.1f}x (80 % bootstrap interval over seeds {lo:.1f}x to {hi:.1f}x); GPU-h to target "
-          f"{many['gpu_h'] / one['gpu_h']:.2f}x sequential; ({time.time() - t0:.0f} s)")
-    false_n = 100 * many["false"] / max(1, many["merged"])
-    print(f"HEADLINE search: {many['workers']} workers reach the target {r['speedup']:.1f}x sooner than 1 "
-          f"(target >= 12x) | GPU-h per merged improvement {r['gpu_h_ratio']:.2f}x sequential (target <= 1.5x) | "
-          f"false merges {false_n:.1f}% at {many['workers']} workers, "
-          f"{100 * one['false'] / max(1, one['merged']):.1f}% at 1 (target <= 5%)")
+    results = []
+    for model in args.noise:
+        noise = Noise(model, args.seed_sd, args.jitter_sd, args.seed_corr if model == "gpu" else 0.0)
+        t_model = time.time()
+        r = experiment(counts, list(range(args.seeds)), args.hours, args.run_seconds, scale=args.scale,
+                       confirm_runs=args.confirm_runs, learn_from_stale=args.learn_from_stale, noise=noise,
+                       line=args.line, floor=args.floor)
+        results.append((noise, r))
+        rows = r["rows"]
+        print(f"noise {noise.describe()}; line {args.line}; floor {args.floor}")
+        print(f"landscape: baseline TRUE val_bpb {r['baseline_true']:.4f}; target {r['target']:.4f} (median best of the "
+              f"1-worker runs after {args.hours:g} h); {args.seeds} seeds; {args.run_seconds:g} s per run; "
+              f"scale {args.scale:g}; confirm runs {args.confirm_runs}; stale outcomes "
+              f"{'learned from' if args.learn_from_stale else 'skipped'}")
+        for x in rows:
+            print(f"{x['workers']} worker(s): hours to target per seed: {_fmt_h(x['hours'])}; runs by purpose "
+                  f"{x['purposes']}; per seed {x['stale']:.1f} stale, {x['retests']:.1f} re-tested after a win on an "
+                  f"old base, {x['repeats']:.1f} measurements of a (code, seed) measured before")
+        print()
+        print("| workers | median h to target | GPU-h to target | runs to target | merges to target | GPU-h per merge "
+              "| false merges |\n|---|---|---|---|---|---|---|")
+        for x in rows:
+            print(f"| {x['workers']} | {x['median_h']:.2f} | {x['gpu_h']:.1f} | {x['runs']:.0f} | {x['merges']:.1f} | "
+                  f"{x['gpu_h_per_merge']:.2f} | {x['false']} of {x['merged']} |")
+        print()
+        for x in rows[1:]:
+            lo, hi = x["speedup_80"]
+            print(f"{x['workers']} workers: speedup {x['speedup']:.1f}x (80 % bootstrap interval over seeds {lo:.1f}x to "
+                  f"{hi:.1f}x); GPU-h to target {x['gpu_h_to_target_ratio']:.2f}x sequential; GPU-h per merge "
+                  f"{x['gpu_h_ratio']:.2f}x sequential")
+        print(f"({time.time() - t_model:.0f} s)\n")
+    if len(results) > 1:
+        print(f"summary ({args.seeds} seeds, {args.hours:g} h target, line {args.line}, floor {args.floor}):\n")
+        print("| noise | workers | speedup to the 1-worker target (80 % interval) | GPU-h per merge | "
+              "vs 1 worker | false merges |\n|---|---|---|---|---|---|")
+        for noise, r in results:
+            for x in r["rows"]:
+                sp = "1" if x["workers"] == 1 else f"{x['speedup']:.1f}x ({x['speedup_80'][0]:.1f}-{x['speedup_80'][1]:.1f}x)"
+                ratio = "1" if x["workers"] == 1 else f"{x['gpu_h_ratio']:.2f}x"
+                print(f"| {noise.model} | {x['workers']} | {sp} | {x['gpu_h_per_merge']:.2f} | {ratio} | "
+                      f"{_pct(x['false'], x['merged'])} |")
+        print()
+    for noise, _ in results:
+        if noise.model == "gpu":
+            _print_pairing(noise, args.pairing_draws)
+            break
+    noise, r = results[0]
+    one, many = r["rows"][0], r["rows"][-1]
+    print(f"({time.time() - t0:.0f} s in all)")
+    print(f"HEADLINE search: {many['workers']} workers reach the target {many['speedup']:.1f}x sooner than 1 "
+          f"(target >= 12x) | GPU-h per merged improvement {many['gpu_h_ratio']:.2f}x sequential (target <= 1.5x) | "
+          f"false merges {100 * many['false'] / max(1, many['merged']):.1f}% at {many['workers']} workers, "
+          f"{100 * one['false'] / max(1, one['merged']):.1f}% at 1 (target <= 5%) | {noise.model} noise, "
+          f"line {args.line}, floor {args.floor}")
     return 0
 
 

@@ -1,10 +1,13 @@
-"""The discrete-event farm behind bench/search.py: a synthetic landscape and the farm's policies on a
-simulated clock. What is and is not modelled is in bench/search.py's docstring."""
+"""The discrete-event farm behind bench/search.py: a synthetic landscape, a model of measurement noise
+and the farm's policies on a simulated clock. What is and is not modelled is in bench/search.py's docstring."""
 
 from __future__ import annotations
 
+import bisect
+import builtins
 import collections
 import contextlib
+import functools
 import hashlib
 import heapq
 import logging
@@ -28,9 +31,102 @@ log = logging.getLogger("bench.simfarm")
 TRAIN_PY = Path(__file__).resolve().parent.parent / "train.py"
 PENDING = (State.QUEUED.value, State.RUNNING.value, State.FINISHED.value)  # as Intake.history lists them
 FINAL = (State.MERGED.value, State.DISCARDED.value, State.STALE.value)  # outcomes the proposer learns from
+TERMINAL = FINAL  # states a candidate never leaves
 CRASH_SECONDS = 60.0
 OPTIMUM = 0.946  # the landscape's best TRUE val_bpb (the default train.py scores ~0.998)
 SCALE = 2.0  # multiplies every term: single-constant steps from the default gain 0.001 to 0.014
+NOISE_MODELS = ("gpu", "iid")
+LINE_MODES = ("honest", "all-runs")
+FLOORS = ("pooled", "line")
+
+
+def std_gauss(*key: Any) -> float:
+    """A standard Gaussian that is a fixed function of ``key``: Box-Muller on two uniforms from the sha256 of
+    its parts."""
+    digest = hashlib.sha256("|".join(map(str, key)).encode()).digest()
+    u1 = (int.from_bytes(digest[:8], "big") + 0.5) / 2.0**64  # in (0, 1]
+    u2 = int.from_bytes(digest[8:16], "big") / 2.0**64
+    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+
+@dataclass(frozen=True)
+class Noise:
+    """How a measurement's error is drawn.
+
+    ``gpu`` (the default): a run of code ``code`` on seed ``seed`` is off by
+    ``seed_sd * g(code, seed) + jitter_sd * N(0, 1)``, where ``g`` is a fixed standard Gaussian of
+    (world, code hash, seed): the same code on the same seed repeats itself up to kernel jitter, a
+    new seed or any change to the code is a new draw. ``world`` is the simulation's replicate seed,
+    so replicates are independent draws of the function ``g`` (within one replicate the 1-worker
+    and the N-worker farm share it). ``seed_corr`` (an assumption; 0 by default) correlates
+    same-seed runs of different code: ``g = sqrt(rho) z(seed) + sqrt(1 - rho) z(code, seed)``.
+
+    ``iid`` (the model before 2026-12-01): every measurement draws an independent ``N(0, seed_sd)``."""
+
+    model: str = "gpu"
+    seed_sd: float = 0.002  # the published seed-to-seed spread of val_bpb
+    jitter_sd: float = 0.0003  # the published difference between same-code, same-seed re-runs
+    seed_corr: float = 0.0  # correlation of same-seed runs of DIFFERENT code (gpu only)
+
+    def __post_init__(self) -> None:
+        if self.model not in NOISE_MODELS:
+            raise ValueError(f"noise model must be one of {NOISE_MODELS}, not {self.model!r}")
+        if not 0.0 <= self.seed_corr <= 1.0:
+            raise ValueError(f"seed_corr must be in [0, 1], not {self.seed_corr}")
+
+    def seed_effect(self, world: Any, code: str, seed: int) -> float:
+        """``g``: the standard-Gaussian error of (code, seed) in replicate ``world``, jitter left out."""
+        own = std_gauss(world, code, seed)
+        if self.seed_corr <= 0.0:
+            return own
+        shared = std_gauss(world, "any code", seed)
+        return math.sqrt(self.seed_corr) * shared + math.sqrt(1.0 - self.seed_corr) * own
+
+    def error(self, world: Any, code: str, seed: int, rng: random.Random) -> float:
+        """The error of one measurement (``rng`` draws what is fresh on every run)."""
+        if self.model == "iid":
+            return rng.gauss(0.0, self.seed_sd)
+        return self.seed_sd * self.seed_effect(world, code, seed) + self.jitter_sd * rng.gauss(0.0, 1.0)
+
+    def describe(self) -> str:
+        if self.model == "iid":
+            return f"iid N(0, {self.seed_sd:g}) per measurement"
+        corr = f", same-seed correlation across code {self.seed_corr:g} (assumed)" if self.seed_corr else ""
+        return f"gpu-like: seed sd {self.seed_sd:g} fixed per (code, seed) + jitter sd {self.jitter_sd:g}{corr}"
+
+
+def pairing(noise: Noise, n: int = 20000, seed: int = 0, line_runs: int = 3) -> dict[str, float]:
+    """Standard deviation of (candidate - line) for a neutral candidate (true effect 0) under ``noise``, by
+    simulation: the candidate's seed-1 run against the line's seed-1 run (paired: common random numbers),
+    against its seed-2 run (unpaired), against the mean of the line's seeds 1..``line_runs`` (the
+    baseline, as the judge compares), and against the mean of seeds ``line_runs``..2 ``line_runs`` - 1
+    (a merged line's: seeds 3, 4, 5, since its seeds 1 and 2 were its candidate runs, so no line run
+    shares the candidate's seed); ``same_code_same_seed``: two runs of one (code, seed), jitter alone;
+    ``between_candidates_corr``: the correlation of two different neutral candidates' deltas against one
+    merged line."""
+    rng = random.Random(f"pairing-{seed}")
+    out: dict[str, list[float]] = collections.defaultdict(list)
+    for i in range(n):
+        world = f"pair-{seed}-{i}"
+
+        def run(code: str, s: int, world: str = world) -> float:
+            return noise.error(world, code, s, rng)
+
+        c1, other = run("cand", 1), run("other cand", 1)
+        ls = {s: run("line", s) for s in range(1, 2 * line_runs)}
+        merged_line = statistics.fmean(ls[s] for s in range(line_runs, 2 * line_runs))
+        out["paired"].append(c1 - ls[1])
+        out["unpaired"].append(c1 - ls[2])
+        out["vs_baseline_mean"].append(c1 - statistics.fmean(ls[s] for s in range(1, line_runs + 1)))
+        out["vs_merged_line_mean"].append(c1 - merged_line)
+        out["other_vs_merged_line_mean"].append(other - merged_line)
+        out["same_code_same_seed"].append(run("line", 1) - ls[1])
+    sd = {k: statistics.pstdev(v) for k, v in out.items()}
+    # how much two different neutral candidates of one line share: the line's mean, and with seed_corr > 0
+    # their common seed-1 draw (every candidate's first run is seed 1, every merged line's runs are seeds 3-5)
+    sd["between_candidates_corr"] = statistics.correlation(out["vs_merged_line_mean"], out["other_vs_merged_line_mean"])
+    del sd["other_vs_merged_line_mean"]
+    return sd
 
 
 def text_fingerprint(source: str) -> str:
@@ -69,10 +165,11 @@ def time_to(trajectory: list[tuple[float, float]], target: float) -> float:
 
 
 def bootstrap(t_one: list[float], t_many: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """10th and 90th percentiles of ``speedup`` over seeds resampled with replacement (each side on its own)."""
+    """10th and 90th percentiles of ``speedup`` over seeds resampled with replacement (each side on its own);
+    resamples where neither side reached the target (nan) are left out (before sorting: nan does not sort)."""
     rng = random.Random(seed)
-    xs = sorted(speedup(rng.choices(t_one, k=len(t_one)), rng.choices(t_many, k=len(t_many))) for _ in range(n))
-    xs = [x for x in xs if not math.isnan(x)]
+    xs = [speedup(rng.choices(t_one, k=len(t_one)), rng.choices(t_many, k=len(t_many))) for _ in range(n)]
+    xs = sorted(x for x in xs if not math.isnan(x))
     return (xs[len(xs) // 10], xs[(len(xs) * 9) // 10]) if xs else (math.nan, math.nan)
 
 
@@ -89,14 +186,52 @@ def speedup(t_one: list[float], t_many: list[float]) -> float:
     return math.nan if (math.isinf(a) and math.isinf(b)) or b == 0 else a / b
 
 
+@functools.lru_cache(maxsize=64)
+def _surface(source: str) -> _Surface:
+    """``proposer.mutate._Surface`` once per source: it is pure after parsing, and the sim asks about one
+    main line many times."""
+    return _Surface(source)
+
+
+def _compile(source: Any, filename: str, mode: str, *args: Any, **kwargs: Any) -> Any:
+    """``compile`` for the proposer, skipping its check that a whole proposed train.py compiles: the sim's
+    proposals replace literals with literals in a source that compiles, so they always do (~45 % of the
+    sim's time). Its constant-only asserts are compiled as before."""
+    if mode == "exec" and filename == "train.py":
+        return None
+    return builtins.compile(source, filename, mode, *args, **kwargs)
+
+
+class _Outcomes(list):  # type: ignore[type-arg]
+    """The history's outcomes (a list like any) carrying their arm scores, summed as they arrived."""
+
+    def __init__(self, outcomes: list[Outcome], scores: dict[tuple[str, str], float]) -> None:
+        super().__init__(outcomes)
+        self.scores = dict(scores)
+
+
+_arm_scores = mutate.arm_scores
+
+
+def _scores(outcomes: list[Outcome]) -> dict[tuple[str, str], float]:
+    """``mutate.arm_scores``, read off the sim's history when it carries them: summing every outcome on every
+    proposal round is quadratic in the run's length (a 48 h 16-worker run has ~8,000)."""
+    return dict(outcomes.scores) if isinstance(outcomes, _Outcomes) else _arm_scores(outcomes)
+
+
 @contextlib.contextmanager
-def _fingerprint(fn: Any) -> Any:
-    """Let the proposer dedupe with ``fn`` (the same function the sim's history uses)."""
-    old, mutate.fingerprint = mutate.fingerprint, fn
+def _fast_proposer(fn: Any) -> Any:
+    """Let the proposer dedupe with ``fn`` (the same function the sim's history uses), parse each main line
+    once, skip its compile check (``_compile``) and take its arm scores from the history (``_scores``): the
+    same proposals, several times faster (checked against the plain proposer); everything is restored on exit."""
+    old_fp, old_surface, old_scores = mutate.fingerprint, mutate._Surface, mutate.arm_scores
+    mutate.fingerprint, mutate._Surface, mutate.compile = fn, _surface, _compile  # type: ignore[attr-defined]
+    mutate.arm_scores = _scores
     try:
         yield
     finally:
-        mutate.fingerprint = old
+        mutate.fingerprint, mutate._Surface, mutate.arm_scores = old_fp, old_surface, old_scores
+        del mutate.compile  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -105,6 +240,7 @@ class Job:
     cand: str
     commit: str
     purpose: str
+    seed: int = 0  # the k-th job ever queued for a commit gets seed k + 1 (cluster/loop/ledger.py: OpenJobs)
 
 
 @dataclass
@@ -117,34 +253,57 @@ class Outcomes:
     starts: list[float] = field(default_factory=list)  # when each run started
     stale: int = 0
     retests: int = 0
+    repeats: int = 0  # measurements of a (code, seed) measured before: the GPU-like model repeats their error
     end: float = 0.0
 
 
 class Sim:
-    """A discrete-event run of the farm's policies with ``workers`` workers (see the module docstring)."""
+    """A discrete-event run of the farm's policies with ``workers`` workers (see bench/search.py's docstring).
 
-    def __init__(self, workers: int, seed: int, *, run_seconds: float = 330.0, noise: float = 0.002,
+    ``noise``: how measurements err (``Noise``; the GPU-like model by default). ``line``: "honest" (the
+    farm since 2026-12-01: the main line is measured by its own baseline-purpose runs only, so a merged
+    commit gets ``baseline_runs`` fresh line runs, and once more beside every confirmation) or
+    "all-runs" (before: every run of the main-line commit, its candidate runs included, and no line
+    run beside a confirmation). ``floor``: "pooled" (the judge's sigma pools the repeats of
+    every earlier main-line commit of the run, ``Line.history``) or "line" (the line's own repeats and
+    the prior only, as before)."""
+
+    def __init__(self, workers: int, seed: int, *, run_seconds: float = 330.0, noise: Noise | None = None,
+                 line: str = "honest", floor: str = "pooled",
                  queue_margin: int = 2, jcfg: JudgeSettings | None = None,
                  source: str | None = None, exact_fingerprint: bool = False, scale: float = SCALE,
                  confirm_runs: int = 1, learn_from_stale: bool = False) -> None:
-        self.scale, self.confirm_runs = scale, confirm_runs
+        if line not in LINE_MODES or floor not in FLOORS:
+            raise ValueError(f"line must be one of {LINE_MODES} and floor one of {FLOORS}, not {line!r}, {floor!r}")
+        self.scale, self.confirm_runs, self.line_mode, self.floor = scale, confirm_runs, line, floor
         self.final = FINAL if learn_from_stale else (State.MERGED.value, State.DISCARDED.value)
         self.fp = fingerprint if exact_fingerprint else text_fingerprint
-        self.w, self.seed, self.run_s, self.noise, self.margin = workers, seed, run_seconds, noise, queue_margin
+        self.noise = noise or Noise()
+        self.w, self.seed, self.run_s, self.margin = workers, seed, run_seconds, queue_margin
         self.jcfg = jcfg or JudgeSettings()
         self.rng = random.Random(f"search-{seed}-{workers}")
         self.proposer = MutateProposer(seed=seed, profile="gpu")
         src = source if source is not None else TRAIN_PY.read_text()
         self.t, self.n = 0.0, 0
         self.sources = {"k0": src}
+        self.code = {"k0": text_fingerprint(src)}  # the code hash the noise model keys on
+        self.seeds: collections.Counter[str] = collections.Counter()  # commit -> seeds handed out so far
+        self.drawn: set[tuple[str, int]] = set()  # (code hash, seed) pairs measured so far
         self.consts: dict[str, dict[str, Any]] = {"k0": {k: c.value for k, c in _Surface(src).consts.items()}}
         self.cands: dict[str, Candidate] = {}
+        self.live: dict[str, Candidate] = {}  # the candidates not yet in a TERMINAL state, in creation order
+        self.tried: dict[str, set[str]] = collections.defaultdict(set)  # base -> fingerprints proposed on it
+        self._outcome_keys: list[int] = []  # the proposer's outcomes so far, in creation order (see _history)
+        self._outcomes: list[Outcome] = []
+        self.scores: dict[tuple[str, str], float] = collections.defaultdict(float)  # mutate.arm_scores(_outcomes)
         self.by_commit: dict[str, list[Result]] = collections.defaultdict(list)
         self.queue: collections.deque[Job] = collections.deque()
         self.running: dict[int, Job] = {}
         self.events: list[tuple[float, int, int, Job, float]] = []
         self.main, self.dry, self.dirty = "k0", 0, True
+        self.lineage = ["k0"]  # every commit the main line has been, for the pooled noise floor
         base = self._cand("k0", "k0", "baseline", "baseline", {}, 0)
+        self.line_cand = {"k0": base}  # main-line commit -> the candidate that holds it
         for _ in range(self.jcfg.baseline_runs):
             self._enqueue(base, Purpose.BASELINE)
         self.out = Outcomes(workers, seed, [(0.0, self.true(self.main))])
@@ -161,11 +320,14 @@ class Sim:
     def _cand(self, commit: str, base: str, desc: str, origin: str, meta: dict[str, Any], changed: int) -> Candidate:
         c = Candidate(id=self._id("c"), commit=commit, base=base, branch="", description=desc, origin=origin,
                       state=State.QUEUED.value, lines_added=changed, lines_removed=changed, created_at=self.t, meta=meta)
-        self.cands[c.id] = c
+        self.cands[c.id] = self.live[c.id] = c
+        if meta.get("fingerprint"):
+            self.tried[base].add(meta["fingerprint"])
         return c
 
     def _enqueue(self, cand: Candidate, purpose: Purpose, front: bool = False) -> None:
-        job = Job(self._id("j"), cand.id, cand.commit, purpose.value)
+        self.seeds[cand.commit] += 1  # the k-th job ever queued for a commit runs on seed k + 1
+        job = Job(self._id("j"), cand.id, cand.commit, purpose.value, self.seeds[cand.commit])
         self.queue.appendleft(job) if front else self.queue.append(job)
 
     def _open(self, commit: str | None = None, cand: str | None = None) -> bool:
@@ -176,28 +338,54 @@ class Sim:
         """A new commit: its source, and its constants (its base's plus the changes it carries)."""
         k = self._id("k")
         self.sources[k] = source
+        self.code[k] = text_fingerprint(source)
         self.consts[k] = dict(self.consts[base]) | {
             ch["name"]: tuple(ch["new"]) if isinstance(ch["new"], list) else ch["new"] for ch in changes}
         return k
 
     # ---------------------------------------------------------------- the controller's rules (see docstring)
+    def line_runs(self, commit: str) -> list[Result]:  # cluster/loop/ledger.py: Measurements.line_runs
+        """``commit``'s runs as a main line: its baseline-purpose runs (honest), or every run (all-runs)."""
+        runs = self.by_commit[commit]
+        return [r for r in runs if r.purpose == Purpose.BASELINE.value] if self.line_mode == "honest" else list(runs)
+
+    def line(self) -> judge.Line:  # cluster/loop/controller.py: Controller.line
+        """The main line as the judge sees it; with the pooled floor, ``history`` carries the spread of the
+        line runs of every earlier main-line commit (per accelerator: sum of squares, degrees of freedom)."""
+        history: dict[str, tuple[float, float]] = {}
+        if self.floor == "pooled":
+            rep = judge.repeats(self.line_runs(c) for c in self.lineage if c != self.main)
+            history = {acc: (h["ss"], h["df"]) for acc, h in rep.items()}
+        return judge.Line(commit=self.main, results=self.line_runs(self.main), history=history)
+
+    def sigma(self) -> float:
+        """The noise sigma the judge uses now (on the sim's one accelerator)."""
+        return judge.line_sigma(self.line(), "sim", self.jcfg)
+
     def _history(self) -> History:  # cluster/loop/intake.py: Intake.history
-        cands = list(self.cands.values())
-        outcomes = []
-        for c in cands:
+        """What the proposer sees, kept incrementally like Intake.history (a candidate's outcome is fixed once
+        it is in a terminal state): the final candidates' outcomes in creation order, the fingerprints tried
+        on the main line, the pending descriptions."""
+        for c in [c for c in self.live.values() if c.state in TERMINAL]:
+            del self.live[c.id]
             if c.origin == "baseline" or not c.decision or c.state not in self.final:
                 continue
             runs = [r for r in self.by_commit[c.commit] if r.cand == c.id]
             ok = any(r.status == RunStatus.OK.value for r in runs)
             status = RunStatus.OK.value if ok else (runs[-1].status if runs else c.state)
-            outcomes.append(Outcome(meta=dict(c.meta, description=c.description, candidate=c.id), status=status,
-                                    delta=(c.decision.get("numbers") or {}).get("delta"),
-                                    merged=c.state == State.MERGED.value))
-        tried = {c.meta["fingerprint"] for c in cands if c.base == self.main and c.meta.get("fingerprint")}
-        best = [r.val_bpb for r in self.by_commit[self.main] if r.val_bpb is not None]
-        base = [r.val_bpb for r in self.by_commit["k0"] if r.val_bpb is not None]
-        return History(base_commit=self.main, base_source=self.sources[self.main], tried=tried, outcomes=outcomes,
-                       pending_descriptions=[c.description for c in cands if c.state in PENDING],
+            o = Outcome(meta=dict(c.meta, description=c.description, candidate=c.id), status=status,
+                        delta=(c.decision.get("numbers") or {}).get("delta"), merged=c.state == State.MERGED.value)
+            key = int(c.id[1:])
+            at = bisect.bisect(self._outcome_keys, key)
+            self._outcome_keys.insert(at, key)
+            self._outcomes.insert(at, o)
+            for arm, score in _arm_scores([o]).items():  # sums of multiples of 1/4: exact in any order
+                self.scores[arm] += score
+        best = [r.val_bpb for r in self.line_runs(self.main) if r.val_bpb is not None]
+        base = [r.val_bpb for r in self.line_runs("k0") if r.val_bpb is not None]
+        return History(base_commit=self.main, base_source=self.sources[self.main], tried=set(self.tried[self.main]),
+                       outcomes=_Outcomes(self._outcomes, self.scores),
+                       pending_descriptions=[c.description for c in self.live.values() if c.state in PENDING],
                        best_bpb=statistics.fmean(best) if best else None,
                        baseline_bpb=statistics.fmean(base) if base else None)
 
@@ -235,9 +423,14 @@ class Sim:
         del self.running[w]
         v = true_bpb(self.consts[job.commit], self.scale)
         ok = v is not None
+        error = self.noise.error(self.seed, self.code[job.commit], job.seed, self.rng) if ok else 0.0
+        if ok:
+            draw = (self.code[job.commit], job.seed)
+            self.out.repeats += draw in self.drawn
+            self.drawn.add(draw)
         r = Result(job=job.id, cand=job.cand, commit=job.commit, attempt=1,
                    status=RunStatus.OK.value if ok else RunStatus.CRASH.value,
-                   val_bpb=v + self.rng.gauss(0.0, self.noise) if ok else None, accelerator="sim",
+                   val_bpb=v + error if ok else None, accelerator="sim", seed=job.seed,
                    started_at=started, finished_at=self.t, wall_seconds=self.t - started, purpose=job.purpose,
                    reason="" if ok else "out of memory")
         self.by_commit[job.commit].append(r)
@@ -250,16 +443,16 @@ class Sim:
         if not self.dirty:
             return
         self.dirty = False
-        line = judge.Line(commit=self.main, results=list(self.by_commit[self.main]))
+        line = self.line()
         if self._open(commit=self.main):
             return  # wait for the main line's own numbers
         decisions = []
-        for cand in [c for c in self.cands.values() if c.state == State.FINISHED.value]:
+        for cand in [c for c in self.live.values() if c.state == State.FINISHED.value]:
             if cand.origin == "baseline" or cand.commit == line.commit:
                 cand.state = State.MERGED.value
                 continue
             results = [r for r in self.by_commit[cand.commit] if r.cand == cand.id]
-            d = judge.decide(cand, results, line, self.jcfg, base_results=self.by_commit[cand.base])
+            d = judge.decide(cand, results, line, self.jcfg, base_results=self.line_runs(cand.base))
             decisions.append((cand, d))
         winner = judge.pick_merge([d for _, d in decisions if d.action == "merge"])
         for cand, d in decisions:
@@ -267,19 +460,19 @@ class Sim:
                 continue
             if d.action == "measure_line":
                 if not self._open(commit=line.commit):
-                    main_cand = next(c for c in self.cands.values()
-                                     if c.commit == line.commit and c.state == State.MERGED.value)
                     for _ in range(int(d.numbers.get("line_runs_needed", 1))):
-                        self._enqueue(main_cand, Purpose.BASELINE, front=True)
+                        self._enqueue(self.line_cand[line.commit], Purpose.BASELINE, front=True)
                 continue
-            self._apply(cand, d)
+            self._apply(cand, d, line)
 
-    def _apply(self, cand: Candidate, d: judge.Decision) -> None:
+    def _apply(self, cand: Candidate, d: judge.Decision, line: judge.Line) -> None:
         decision = {"action": d.action, "reason": d.reason, "numbers": d.numbers}
         if d.action == "merge":
             self.dirty = True
             before, after = self.true(self.main), self.true(cand.commit)
             cand.state, cand.decision, self.main = State.MERGED.value, decision, cand.commit
+            self.lineage.append(cand.commit)
+            self.line_cand[cand.commit] = cand
             self.out.merges.append({"t": self.t, "before": before, "after": after, "id": cand.id,
                                     "description": cand.description})
             self.out.trajectory.append((self.t, after))
@@ -288,6 +481,10 @@ class Sim:
             cand.state, cand.decision = State.QUEUED.value, decision
             for _ in range(self.confirm_runs):  # the farm queues 1; more is a policy variant (--confirm-runs)
                 self._enqueue(cand, Purpose.CONFIRM, front=True)
+            # honest line: the line is measured once more beside it, on a new seed (not when a merge of this
+            # judging pass moved the line)
+            if self.line_mode == "honest" and cand.base == line.commit == self.main:
+                self._enqueue(self.line_cand[line.commit], Purpose.BASELINE, front=True)
         elif d.action == "rebase":
             if cand.meta.get("rebased_after_win"):
                 cand.state, cand.decision = State.DISCARDED.value, decision
@@ -305,6 +502,8 @@ class Sim:
             return
         cand.commit = self._commit(new_base, merged.decode(), cand.meta.get("changes", []))
         cand.base, cand.state = new_base, State.QUEUED.value
+        if cand.meta.get("fingerprint"):
+            self.tried[new_base].add(cand.meta["fingerprint"])
         cand.meta = dict(cand.meta, rebased_after_win=True) if retest else cand.meta
         cand.decision = decision or cand.decision
         if retest:
@@ -324,7 +523,7 @@ class Sim:
     # ---------------------------------------------------------------- the event loop
     def run(self, horizon_s: float, target: float = -math.inf) -> Outcomes:
         """Step until ``horizon_s`` simulated seconds pass or the main line's true value reaches ``target``."""
-        with _fingerprint(self.fp):
+        with _fast_proposer(self.fp):
             return self._run(horizon_s, target)
 
     def _run(self, horizon_s: float, target: float) -> Outcomes:

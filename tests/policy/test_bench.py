@@ -100,16 +100,20 @@ def test_time_to_speedup_and_gpu_hours_per_merge():
     assert math.isnan(simfarm.speedup([math.inf], [math.inf]))
     lo, hi = simfarm.bootstrap([100.0, 200.0, 300.0], [10.0, 20.0, 30.0])
     assert 100 / 30 <= lo <= 10.0 <= hi <= 30.0
+    inf = math.inf  # "never"s on both sides: some resamples are nan, which must not scramble the order
+    lo, hi = simfarm.bootstrap([37.6, 27.8, inf, 30.8, 22.6, inf], [3.9, 4.7, inf, 1.3, 1.0, 4.5], n=300)
+    assert lo <= hi
     out = simfarm.Outcomes(workers=4, seed=0, trajectory=traj, merges=[{"t": 100.0}, {"t": 250.0}])
     assert simfarm.gpu_hours_per_merge(out, 3600.0) == pytest.approx(2.0)
     assert simfarm.gpu_hours_per_merge(out, 50.0) == math.inf
 
 
 def test_the_simulated_farm_merges_real_gains_and_restores_the_proposer():
-    before = mutate.fingerprint
+    before = (mutate.fingerprint, mutate._Surface, mutate.arm_scores)
     sim = simfarm.Sim(4, seed=0)
     out = sim.run(2 * 3600)
-    assert mutate.fingerprint is before
+    assert (mutate.fingerprint, mutate._Surface, mutate.arm_scores) == before
+    assert not hasattr(mutate, "compile"), "the proposer's compile check is its own again"
     assert out.runs["baseline"] >= 3 and out.runs["measure"] > 0
     assert out.merges, "a 4-worker farm finds something in 2 simulated hours"
     assert all(m["after"] < m["before"] for m in out.merges)
@@ -118,7 +122,89 @@ def test_the_simulated_farm_merges_real_gains_and_restores_the_proposer():
 
 
 def test_search_runs_end_to_end_and_prints_its_headline_last(capsys):
-    assert search.main(["--seeds", "1", "--hours", "2", "--workers", "2"]) == 0
+    assert search.main(["--seeds", "1", "--hours", "2", "--workers", "2", "--pairing-draws", "200"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("HEADLINE search: 2 workers reach the target")
+    assert lines[-1].endswith("gpu noise, line honest, floor pooled")
     assert any(line.startswith("| 1 |") for line in lines) and any(line.startswith("| 2 |") for line in lines)
+
+
+def test_search_compares_noise_models_and_worker_counts_in_one_invocation(capsys):
+    assert search.main(["--seeds", "1", "--hours", "2", "--workers", "2,3", "--noise", "gpu,iid", "--pairing-draws", "200"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = [line for line in lines if line.startswith(("| gpu |", "| iid |"))]
+    assert [line.split(" | ")[:2] for line in summary] == [["| gpu", "1"], ["| gpu", "2"], ["| gpu", "3"],
+                                                          ["| iid", "1"], ["| iid", "2"], ["| iid", "3"]]
+    assert any(line.startswith("pairing, gpu-like noise") for line in lines)
+    assert lines[-1].startswith("HEADLINE search: 3 workers reach the target")
+
+
+def _sd(xs):
+    mean = sum(xs) / len(xs)
+    return math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def test_gpu_noise_repeats_a_code_and_seed_up_to_jitter_and_moves_by_seed_sd_across_seeds():
+    noise = simfarm.Noise()  # gpu-like: seed sd 0.002, jitter 0.0003
+    assert (noise.model, noise.seed_sd, noise.jitter_sd, noise.seed_corr) == ("gpu", 0.002, 0.0003, 0.0)
+    rng = random.Random(0)  # the fresh jitter; the rest is a fixed function of (world, code, seed)
+    rerun, new_seed, new_code = [], [], []
+    for i in range(2000):
+        code = simfarm.text_fingerprint(f"X = {i}\n")
+        first = noise.error(0, code, 1, rng)
+        assert noise.seed_effect(0, code, 1) == noise.seed_effect(0, code, 1)
+        rerun.append(noise.error(0, code, 1, rng) - first)  # the same code, the same seed: jitter only
+        new_seed.append(noise.error(0, code, 2, rng) - first)  # the same code on the next seed
+        new_code.append(noise.error(0, simfarm.text_fingerprint(f"X = {i}.0\n"), 1, rng) - first)
+    # differences of two runs: sqrt(2) x the per-run sd (2,000 pairs: the sd is within ~3 % of its value)
+    assert _sd(rerun) / math.sqrt(2) == pytest.approx(0.0003, rel=0.1)
+    assert _sd(new_seed) / math.sqrt(2) == pytest.approx(math.hypot(0.002, 0.0003), rel=0.1)
+    assert _sd(new_code) / math.sqrt(2) == pytest.approx(math.hypot(0.002, 0.0003), rel=0.1)
+    # another replicate of the simulation (world) is another draw of the whole function
+    assert noise.seed_effect(1, code, 1) != noise.seed_effect(0, code, 1)
+    # the old model: every measurement a fresh N(0, 0.002), re-runs included
+    iid = simfarm.Noise("iid")
+    rerun_iid = [iid.error(0, "c", 1, rng) - iid.error(0, "c", 1, rng) for _ in range(2000)]
+    assert _sd(rerun_iid) / math.sqrt(2) == pytest.approx(0.002, rel=0.1)
+    with pytest.raises(ValueError):
+        simfarm.Noise("gaussian")
+
+
+def test_pairing_buys_nothing_without_a_cross_code_seed_correlation():
+    p0 = simfarm.pairing(simfarm.Noise(), n=4000)
+    assert p0["paired"] == pytest.approx(p0["unpaired"], rel=0.1)
+    assert p0["paired"] == pytest.approx(math.sqrt(2) * math.hypot(0.002, 0.0003), rel=0.1)
+    p5 = simfarm.pairing(simfarm.Noise(seed_corr=0.5), n=4000)  # an assumed correlation
+    assert p5["paired"] < 0.8 * p5["unpaired"]
+    # a merged line's runs are seeds 3-5, a candidate's first seed 1: no pairing, but a shared draw
+    assert p5["vs_merged_line_mean"] == pytest.approx(p0["vs_merged_line_mean"], rel=0.1)
+    assert p5["between_candidates_corr"] > p0["between_candidates_corr"] + 0.2
+
+
+def test_the_simulated_farm_hands_out_seeds_and_measures_a_merged_line_afresh():
+    sim = simfarm.Sim(4, seed=0)
+    out = sim.run(3 * 3600)
+    k0 = sorted(r.seed for r in sim.by_commit["k0"])  # (results are in finish order)
+    assert k0 == list(range(1, len(k0) + 1)) and len(k0) >= 3  # the baseline, then beside confirmations
+    assert len(out.merges) >= 2
+    extra = 0
+    for m in out.merges[:-1]:  # the last merge's line runs may still be running
+        runs = sim.by_commit[sim.cands[m["id"]].commit]
+        seeds = {p: sorted(r.seed for r in runs if r.purpose == p) for p in ("measure", "confirm", "baseline")}
+        assert seeds["measure"] == [1] and seeds["confirm"] == [2]
+        # baseline_runs fresh line runs after the merge, then one more beside each confirmation against it
+        assert seeds["baseline"] == list(range(3, 3 + len(seeds["baseline"]))) and len(seeds["baseline"]) >= 3
+        extra += len(seeds["baseline"]) - 3
+    assert extra > 0, "some confirmation was judged against a merged line"
+    line = sim.line()
+    assert line.results and all(r.purpose == "baseline" for r in line.results)
+    ss, df = line.history["sim"]  # the pooled floor: the earlier main-line commits' repeats, n - 1 df each
+    assert df == sum(len(sim.line_runs(c)) - 1 for c in sim.lineage[:-1]) and ss > 0
+    assert sim.lineage[-1] == sim.main
+    assert 0.0005 < sim.sigma() < 0.004
+    old = simfarm.Sim(4, seed=0, line="all-runs", floor="line")
+    old.run(3 * 3600)
+    merged = old.cands[old.out.merges[0]["id"]].commit
+    assert {r.purpose for r in old.line_runs(merged)} >= {"measure", "confirm"}
+    assert sum(r.purpose == "baseline" for r in old.by_commit[merged]) == 1  # 2 candidate runs + 1 = 3
+
