@@ -74,7 +74,7 @@ class Controller:
         self._last_report = self._last_gauges = self._last_leases = 0.0
         # the controller is the only writer of results and jobs: both are counted in memory
         self.measured = Measurements(store)
-        self.jobs = OpenJobs(store)
+        self.jobs = OpenJobs(store, self.measured)
         self._dirty = True  # something the judge should look at changed
         meta = store.run_meta() or {}
         self.main: str = meta.get("main", "")  # the main line's sha, kept with run meta

@@ -19,8 +19,8 @@ from cluster.store import Store
 
 
 class OpenJobs:
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, store: Store, measured: Measurements):
+        self.store, self.measured = store, measured
         self.open: dict[str, tuple[str, str]] = {}  # job id -> (candidate, commit)
         self.by_cand: Counter[str] = Counter()
         self.by_commit: Counter[str] = Counter()
@@ -30,7 +30,8 @@ class OpenJobs:
 
     def rebuild(self) -> None:
         """Count the open jobs from the store (on start and resume; the loop keeps the counts after),
-        and the seeds each commit has used (of its results and its open jobs)."""
+        and the seeds each commit has used (of its open jobs, and of its results: ``measured``, the
+        results index the loop keeps, read from the store once)."""
         self.open.clear()
         self.by_cand.clear()
         self.by_commit.clear()
@@ -40,8 +41,9 @@ class OpenJobs:
             self.opened(job)
         self.bases = {c.id: c.base for c in self.store.get_candidates(sorted(self.by_cand))}
         # (a run recorded before the farm assigned seeds used an unknown one: it counts as one more)
-        for r in self.store.results():
-            self.seeds[r.commit] = max(self.seeds[r.commit], r.seed or 0) if r.seed else self.seeds[r.commit] + 1
+        for commit, results in self.measured.by_commit.items():
+            for r in results:
+                self.seeds[commit] = max(self.seeds[commit], r.seed) if r.seed else self.seeds[commit] + 1
 
     def enqueue(self, cand: Candidate, purpose: Purpose, front: bool = False, *, job_id: str | None = None,
                 pipeline: Any = None) -> None:
