@@ -2,15 +2,24 @@
 
 It needs no network and no LLM, so the farm always has work to queue. The search surface is what
 train.py declares as module-level literals (``DEPTH = 8``, ``MATRIX_LR = 0.04``,
-``ADAM_BETAS = (0.8, 0.95)``, ``WINDOW_PATTERN = "SSSL"``, and ``2**19``); edits are made in the
-source *text* at the literal's exact position, so comments and layout survive.
+``ADAM_BETAS = (0.8, 0.95)``, ``WINDOW_PATTERN = "SSSL"``, ``2**19`` and ``3 * 2**17``); edits are
+made in the source *text* at the literal's exact position, so comments and layout survive. A
+constant whose every use ends in a printout (a peak-FLOPs figure that only feeds the MFU line) is
+left out: moving it cannot change val_bpb. :mod:`proposer.flow` decides that, conservatively.
 
 Steps are the ones a person would try: multiplicative steps for floats (x or / 1.25, 1.5, 2,
 3 significant digits; betas and momenta move on 1 - beta, ratios stay inside (0, 1), a ratio at 0
-tries 0.05 / 0.1 / 0.2), x2 or /2 for powers of two, +/-1 and +/-25 % for other ints (never
-below 1), flips for bools, one-letter edits for pattern strings (alphabet shared with the twin).
-Module-level asserts over constants (e.g. a divisibility check) are evaluated with the mutated
-values, so a proposal that would die at import never reaches a GPU.
+tries 0.05 / 0.1 / 0.2); flips for bools; one-letter edits for pattern strings (alphabet shared
+with the twin). Ints up to SMALL_INT also step by one, since one layer more or less is an
+experiment of its own. A power of two doubles and halves, and also tries its neighbours x0.75 and
+x1.5 (128 -> 96, 192), which stay multiples of a large power of two, unless :mod:`proposer.flow`
+finds it feeding a divisibility assert (``assert TOTAL_BATCH_SIZE % tokens_per_fwdbwd == 0``): then
+it only doubles and halves, the one move that keeps such a check true whatever else it reads. A
+small power of two that divides something (``width // HEAD_DIM``) skips the +/-1: an odd head
+width crashes rather than measures. Other round ints (multiples of 8 above SMALL_INT, such as a
+merged 96) move +/-25 % on their own grid, which leads back to the powers of two; the rest move
++/-1 and +/-25 % (never below 1). Module-level asserts over constants alone (e.g. a divisibility check) are also evaluated with the
+mutated values, so a proposal that would die at import never reaches a GPU.
 
 Learning is a small bandit: every (constant, direction) arm scores the outcomes of the earlier
 proposals that moved it (improvements up, crashes and regressions down); names and then
@@ -32,10 +41,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from proposer.base import History, Outcome, Proposal, ProposerBase, fingerprint, parse_python
+from proposer.flow import analyse
 
 log = logging.getLogger(__name__)
 
 FACTORS = (1.25, 1.5, 2.0)
+SMALL_INT = 32  # ints up to this also step by one (depth, heads, layers of a pattern...)
 CPU_PREFIX = "CPU_"
 EXPLORE = 0.25  # share of the sampling mass spread uniformly: the floor that keeps every arm alive
 TEMPERATURE = 1.5  # softmax temperature of the arm scores
@@ -54,8 +65,8 @@ class _Const:
     name: str
     value: Any  # int | float | str | bool | tuple of numbers
     span: tuple[int, int]  # character offsets of the value in the source
-    parts: tuple[tuple[int, int], ...]  # spans of tuple elements, or of the exponent of 2**N
-    pow2: bool = False  # written as 2**N: mutated by editing N
+    parts: tuple[tuple[int, int], ...]  # spans of tuple elements
+    pow2: bool = False  # written as 2**N or k * 2**N: new values are spelt the same way
 
 
 @dataclass(frozen=True)
@@ -96,8 +107,22 @@ def _number(node: ast.expr) -> int | float | None:
     return None
 
 
+def _spell_pow2(value: int, like: str) -> str:
+    """``value`` as 2**N or k * 2**N (k odd), with the spacing of ``like`` around ``**``."""
+    exp = (value & -value).bit_length() - 1
+    odd, pow_ = value >> exp, " ** " if " ** " in like else "**"
+    if exp == 0:
+        return str(value)
+    return f"2{pow_}{exp}" if odd == 1 else f"{odd} * 2{pow_}{exp}"
+
+
 def _literal(node: ast.expr) -> Any:
-    """The value of a plain literal (or of 2**N, the usual spelling of a batch size), or None."""
+    """The value of a plain literal (or of 2**N or k * 2**N, the usual spellings of a batch size), or None."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):  # k * 2**N: a merged x0.75 / x1.5 step
+        pow_ = isinstance(node.right, ast.BinOp) and isinstance(node.right.op, ast.Pow)
+        k, power = _number(node.left), _literal(node.right) if pow_ else None
+        ok = type(k) is int and k >= 1 and isinstance(node.left, ast.Constant) and isinstance(power, int)
+        return k * power if ok else None  # type: ignore[operator]
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
         base, exp = _number(node.left), _number(node.right)
         ints = type(base) is int and type(exp) is int and isinstance(node.right, ast.Constant)
@@ -132,9 +157,17 @@ def _float_steps(v: float, name: str) -> list[float]:
     return out
 
 
-def _int_steps(v: int) -> list[int]:
-    if v >= 1 and v & (v - 1) == 0:
+def _int_steps(v: int, bound: bool = False, granular: bool = False) -> list[int]:
+    """Steps of an int; ``bound``: it feeds a divisibility assert, so a power of two stays one;
+    ``granular``: it divides something (a head width), so a power of two does not step by one."""
+    grain = v & -v if v > 0 else 0  # the largest power of two dividing v
+    if v >= 1 and grain == v:
         cands = [v * 2, v // 2]
+        if not bound:
+            cands += [v * 3 // 4, v * 3 // 2] if v >= 4 else []
+            cands += [v + 1, v - 1] if v <= SMALL_INT and not granular else []
+    elif v > SMALL_INT and grain >= 8:  # a round number: +/-25 % on its grid (96 -> 128, 64)
+        cands = [round(v * f / grain) * grain for f in (1.25, 0.75)]
     else:
         q = max(1, round(abs(v) * 0.25))
         cands = [v + 1, v + q, v - 1, v - q]
@@ -200,14 +233,15 @@ class _Surface:
                 continue
             value = _literal(node)
             if value is not None:
-                pow2 = isinstance(node, ast.BinOp)
                 parts = tuple(span(e) for e in node.elts) if isinstance(node, ast.Tuple) else ()
-                if pow2:
-                    parts = (span(node.right),)  # type: ignore[attr-defined]
-                found[target.id].append(_Const(target.id, value, span(node), parts, pow2))
+                found[target.id].append(_Const(target.id, value, span(node), parts, isinstance(node, ast.BinOp)))
         # a name given a literal twice is ambiguous: which one counts depends on control flow
         self.consts = {name: cs[0] for name, cs in found.items() if len(cs) == 1}
         self.asserts = [a for a in self._asserts(tree.body) if self._holds(a, {})]
+        flow = analyse(tree)
+        self.print_only = flow.print_only & set(self.consts)  # never proposed: only printouts read them
+        self.bound = flow.bound & set(self.consts)  # feed a divisibility assert
+        self.granular = flow.granular & set(self.consts)  # divide something
 
     def _asserts(self, body: list[ast.stmt]) -> list[ast.Expression]:
         out: list[ast.Expression] = []
@@ -241,25 +275,26 @@ class _Surface:
     def options(self, name: str) -> list[_Option]:
         c = self.consts[name]
         old_text = self.source[c.span[0] : c.span[1]]
+        bound, granular = name in self.bound, name in self.granular
         out: list[_Option] = []
         if isinstance(c.value, tuple):
             for i, (elt, sp) in enumerate(zip(c.value, c.parts)):
                 target = f"{name}[{i}]"
-                steps = _int_steps(elt) if isinstance(elt, int) else _float_steps(elt, target)
+                steps = _int_steps(elt, bound, granular) if isinstance(elt, int) else _float_steps(elt, target)
                 for new in steps:
                     value = c.value[:i] + (new,) + c.value[i + 1 :]
                     text = _fmt(new, self.source[sp[0] : sp[1]])
                     out.append(_Option(name, target, _direction(elt, new), value, i, sp, text))
             return out
-        if c.pow2:  # 2**N: the int steps of a power of two are x2 and /2, i.e. N +/- 1
-            for new in _int_steps(c.value):
-                text = str(new.bit_length() - 1)
-                out.append(_Option(name, name, _direction(c.value, new), new, None, c.parts[0], text))
+        if c.pow2:  # 2**N or k * 2**N: the int steps, spelt the same way
+            for new in _int_steps(c.value, bound, granular):
+                text = _spell_pow2(new, old_text)
+                out.append(_Option(name, name, _direction(c.value, new), new, None, c.span, text))
             return out
         if isinstance(c.value, bool):
             steps: list[Any] = [not c.value]
         elif isinstance(c.value, int):
-            steps = _int_steps(c.value)
+            steps = _int_steps(c.value, bound, granular)
         elif isinstance(c.value, float):
             steps = _float_steps(c.value, name)
         else:
@@ -360,6 +395,8 @@ class MutateProposer(ProposerBase):
         scores = arm_scores(history.outcomes)
         arms: dict[str, dict[tuple[str, str], list[_Option]]] = {}
         for name in self.targets(surf.consts):
+            if name in surf.print_only:
+                continue
             by_arm: dict[tuple[str, str], list[_Option]] = defaultdict(list)
             for o in surf.options(name):
                 by_arm[(o.target, o.direction)].append(o)

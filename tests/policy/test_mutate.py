@@ -1,4 +1,4 @@
-"""The offline mutation search on a small train.py-like source: edits, rules, duplicates, learning."""
+"""The offline mutation search on small train.py-like sources: edits, rules, data flow, duplicates, learning."""
 
 from __future__ import annotations
 
@@ -51,8 +51,12 @@ def model_dim(cpu: bool) -> int:
     return CPU_DEPTH * CPU_ASPECT_RATIO if cpu else DEPTH * ASPECT_RATIO
 
 
+def lr_at(progress: float) -> float:
+    return MATRIX_LR * (1 - progress)  # printed below, but also used: it stays on the surface
+
+
 if __name__ == "__main__":
-    print(model_dim(False), MATRIX_LR, math.pi)
+    print(model_dim(False), MATRIX_LR, lr_at(0.0), math.pi)
 '''
 
 TWINNED = {"DEPTH", "ASPECT_RATIO", "HEAD_DIM", "DEVICE_BATCH_SIZE", "WINDOW_PATTERN"}
@@ -133,19 +137,158 @@ def test_steps_follow_the_rules() -> None:
     assert seen["WARMDOWN_RATIO"] <= {0.625, 0.75, 0.4, 0.333, 0.25}
     assert seen["WARMUP_RATIO"] <= {0.05, 0.1, 0.2}  # a ratio at 0 is switched on a little
     assert seen["MUON_MOMENTUM"] <= {0.96, 0.9667, 0.975, 0.9375, 0.925, 0.9}  # steps on 1 - beta
-    assert seen["TOTAL_BATCH_SIZE"] == {2**18, 2**20} and "LR_SCALE" not in seen
+    # no assert ties the batch sizes here, so a power of two also tries its x0.75 / x1.5 neighbours
+    assert seen["TOTAL_BATCH_SIZE"] == {2**18, 2**20, 3 * 2**17, 3 * 2**18} and "LR_SCALE" not in seen
+    assert seen["DEVICE_BATCH_SIZE"] <= {64, 96, 192, 256}
     assert all(len(s) >= 1 and set(s) <= {"S", "L"} for s in seen["WINDOW_PATTERN"])
     for b1, b2 in seen["ADAM_BETAS"]:
         assert (b1 == 0.8) != (b2 == 0.95)  # one element at a time
 
 
 def test_power_of_two_spelling_and_cpu_pattern_alphabet() -> None:
-    p = next(p for p in many(MutateProposer()) if p.description.startswith("TOTAL_BATCH_SIZE"))
-    assert p.description in ("TOTAL_BATCH_SIZE 2**19 -> 2**18", "TOTAL_BATCH_SIZE 2**19 -> 2**20")
-    assert "TOTAL_BATCH_SIZE = 2**" in p.source
+    props = [p for p in many(MutateProposer(two_change_prob=0.0)) if p.description.startswith("TOTAL_BATCH_SIZE")]
+    spelt = {"2**18": 2**18, "2**20": 2**20, "3 * 2**17": 3 * 2**17, "3 * 2**18": 3 * 2**18}
+    assert {p.description for p in props} == {f"TOTAL_BATCH_SIZE 2**19 -> {k}" for k in spelt}
+    for p in props:
+        text = p.description.split(" -> ")[1]
+        assert f"TOTAL_BATCH_SIZE = {text}  #" in p.source and consts(p.source)["TOTAL_BATCH_SIZE"] == spelt[text]
     changes = [c for p in many(MutateProposer(profile="cpu")) for c in p.meta["changes"]]
     cpu = {c["new"] for c in changes if c["name"] == "CPU_WINDOW_PATTERN"}
     assert cpu and cpu <= {"S", "LL", "SL", "LS"}  # the letters of its GPU twin "SSSL" count
+
+
+PRINTS = '''"""A train.py whose peak-FLOPs figure only feeds the MFU printout."""
+
+import logging
+import time
+
+from data import SEQ_LEN
+
+log = logging.getLogger(__name__)
+
+DEPTH = 12
+MATRIX_LR = 0.04
+PEAK_FLOPS = 989.5e12  # the MFU printout is all that reads it
+BANNER_WIDTH = 60  # only logged
+LOG_EVERY = 25  # decides when to print: a condition is a real use
+RUN_ID = 7  # printed, and part of a checkpoint path
+
+
+def train_step(lr, depth):
+    return lr * depth
+
+
+def report(seconds):
+    achieved = flops / seconds / PEAK_FLOPS
+    print(f"achieved {achieved:.2%} of peak")
+
+
+flops = 6 * DEPTH * 1000
+smooth = 0.0
+for step in range(100):
+    t0 = time.time()
+    loss = train_step(MATRIX_LR, DEPTH)
+    dt = time.time() - t0 + 1e-9
+    smooth = 0.9 * smooth + 0.1 * loss
+    mfu = 100 * flops * SEQ_LEN / dt / PEAK_FLOPS
+    if step % LOG_EVERY == 0:
+        print(f"step {step} | loss {smooth:.3f} | mfu {mfu:.1f}% | run {RUN_ID}", flush=True)
+log.info("%s", "-" * BANNER_WIDTH)
+steady = 100 * flops / dt / PEAK_FLOPS if dt > 0 else 0
+print(f"mfu_percent: {round(steady, 2)}")
+open(f"ckpt_{RUN_ID}.pt", "wb").close()
+'''
+
+
+def proposed_names(source: str, seeds: range = range(4)) -> Counter:
+    names: Counter = Counter()
+    for s in seeds:
+        for p in MutateProposer(seed=s, two_change_prob=0.3).propose(40, hist(source)):
+            names.update(c["name"] for c in p.meta["changes"])
+    return names
+
+
+def test_print_only_constants_are_never_proposed() -> None:
+    names = proposed_names(PRINTS)
+    assert sum(names.values()) > 150
+    assert names["PEAK_FLOPS"] == 0 and names["BANNER_WIDTH"] == 0
+    assert all(names[n] > 0 for n in ("DEPTH", "MATRIX_LR", "LOG_EVERY", "RUN_ID"))
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        "budget = PEAK_FLOPS * 0.5\ntrain_step(budget, 1)\n",  # passed to a function
+        "scale = mfu / 100\ntrain_step(scale, 1)\n",  # a name it flows into is used for real
+        "assert PEAK_FLOPS > 0\n",  # a condition
+        "def peak(default=PEAK_FLOPS):\n    return default\n",  # a default argument
+        "state = {}\nstate[steady] = 1\n",  # a key of a store: the analysis does not see past it
+        "print(globals()['DEPTH'])\n",  # names reached dynamically: nothing is print-only
+    ],
+)
+def test_a_constant_with_any_other_use_stays_proposable(tail: str) -> None:
+    assert proposed_names(PRINTS + tail, seeds=range(3))["PEAK_FLOPS"] > 0
+
+
+def singles(source: str) -> dict[str, set]:
+    """Every single-constant proposal on ``source`` (the search is run until it has nothing left)."""
+    seen: dict[str, set] = {}
+    for p in MutateProposer(two_change_prob=0.0).propose(200, hist(source)):
+        (c,) = p.meta["changes"]
+        seen.setdefault(c["name"], set()).add(c["new"])
+    return seen
+
+
+def test_small_ints_step_by_one() -> None:
+    shape = (
+        "from data import build\n\nDEPTH = 8  # layers\nN_KV_HEAD = 6\nHEAD_DIM = 16\n"
+        "n_head = DEPTH * 64 // HEAD_DIM\nmodel = build(DEPTH, n_head, N_KV_HEAD)\n"
+    )
+    seen = singles(shape)
+    assert seen["DEPTH"] == {7, 9, 16, 4, 6, 12}  # +/-1, x2 and /2, x0.75 and x1.5
+    assert seen["N_KV_HEAD"] == {5, 7, 4, 8}
+    assert seen["HEAD_DIM"] == {8, 12, 24, 32}  # a divisor: a unit one off a power of two would be odd
+
+
+BATCH = '''from data import SEQ_LEN, build
+
+TOTAL_BATCH_SIZE = 2**19  # tokens per optimizer step
+DEVICE_BATCH_SIZE = 128  # rows per forward pass
+HEAD_DIM = 128  # no assert reads it
+{check}
+model = build(HEAD_DIM, DEVICE_BATCH_SIZE)
+'''
+
+CHECKS = {
+    "modulo": "tokens_per_fwdbwd = DEVICE_BATCH_SIZE * SEQ_LEN\nassert TOTAL_BATCH_SIZE % tokens_per_fwdbwd == 0\n",
+    "floor division": "tokens = DEVICE_BATCH_SIZE * SEQ_LEN\nassert TOTAL_BATCH_SIZE // tokens * tokens == TOTAL_BATCH_SIZE\n",
+    "quotient": "tokens = DEVICE_BATCH_SIZE * SEQ_LEN\nsteps = TOTAL_BATCH_SIZE // tokens\nassert steps * tokens == TOTAL_BATCH_SIZE\n",
+    "in a function": "def main():\n    tokens = min(DEVICE_BATCH_SIZE, 64) * SEQ_LEN\n"
+    "    assert TOTAL_BATCH_SIZE % tokens == 0, 'batch'\n    return TOTAL_BATCH_SIZE // tokens\n",
+}
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_a_divisibility_bound_power_of_two_stays_a_power_of_two(check: str) -> None:
+    seen = singles(BATCH.format(check=CHECKS[check]))
+    assert seen["TOTAL_BATCH_SIZE"] == {2**18, 2**20} and seen["DEVICE_BATCH_SIZE"] == {64, 256}
+    assert seen["HEAD_DIM"] == {64, 96, 192, 256}  # beside them, a free power of two does move in between
+
+
+def test_an_unconstrained_power_of_two_reaches_its_neighbours_and_comes_back() -> None:
+    free = BATCH.format(check="")
+    props = MutateProposer(two_change_prob=0.0).propose(200, hist(free))
+    got = {p.description for p in props if p.description.startswith("TOTAL_BATCH_SIZE")}
+    assert got == {f"TOTAL_BATCH_SIZE 2**19 -> {x}" for x in ("2**18", "2**20", "3 * 2**17", "3 * 2**18")}
+    step = next(p for p in props if p.description == "TOTAL_BATCH_SIZE 2**19 -> 3 * 2**17")
+    assert consts(step.source)["TOTAL_BATCH_SIZE"] == 3 * 2**17 and step.meta["changes"][0]["new"] == 3 * 2**17
+    assert singles(free)["DEVICE_BATCH_SIZE"] == {64, 96, 192, 256}
+    # merged, an in-between value stays on the surface and steps back onto the powers of two
+    merged = free.replace("2**19", "3 * 2**17").replace("DEVICE_BATCH_SIZE = 128", "DEVICE_BATCH_SIZE = 96")
+    seen = singles(merged)
+    assert seen["TOTAL_BATCH_SIZE"] == {2**18, 2**19} and seen["DEVICE_BATCH_SIZE"] == {64, 128}
+    back = MutateProposer(two_change_prob=0.0).propose(200, hist(merged))
+    assert "TOTAL_BATCH_SIZE 3 * 2**17 -> 2**19" in {p.description for p in back}
 
 
 def test_description_and_meta() -> None:
