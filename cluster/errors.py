@@ -7,7 +7,7 @@ raise the same one) and a sandbox layer that is unavailable (:class:`worker.sand
 
 from proposer.patching import PatchError
 
-__all__ = ["FarmError", "ConfigError", "RepoError", "StoreError", "PatchError", "FencedWrite"]
+__all__ = ["FarmError", "ConfigError", "RepoError", "StoreError", "PatchError", "FencedWrite", "RunFailed"]
 
 
 class FarmError(Exception):
@@ -28,3 +28,10 @@ class StoreError(FarmError):
 
 class FencedWrite(StoreError):
     """A write from an attempt that is no longer current (a lost worker came back late)."""
+
+
+class RunFailed(FarmError):
+    """The run cannot go on, and no candidate is to blame (the frozen harness's prepare command
+    failed on a worker): the run stops at once, its jobs stay queued, and `--resume` continues it
+    once the cause is fixed. The message is the whole story (what failed, the tail of its output,
+    where its log is); it is shown and recorded in full."""

@@ -57,8 +57,8 @@ def values(states: frozenset[State] | tuple[State, ...]) -> tuple[str, ...]:
 
 def experiment_count(counts: dict[str, int]) -> int:
     """Candidates proposed, from the counts by state: the experiment budget's unit (the baseline
-    and patches refused before they ran are not experiments)."""
-    return sum(counts.values()) - counts.get(State.INVALID.value, 0) - 1
+    and patches refused before they ran are not experiments; before the baseline exists, none)."""
+    return max(sum(counts.values()) - counts.get(State.INVALID.value, 0) - 1, 0)
 
 
 class JobState(str, Enum):

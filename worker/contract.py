@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -95,3 +96,33 @@ class Result(Record):
     purpose: str = Purpose.MEASURE.value
     containment: str = ""  # sandbox layers the run was under, e.g. "cgroup,netns"
     seed: int | None = None  # the seed the run was handed (None: recorded before the farm assigned seeds)
+
+
+class PrepareFailed(Exception):
+    """The prepare command failed on a worker: raised by ``Worker.run`` before any training.
+
+    The frozen harness failed, not a candidate: no candidate's code is at fault and every job would
+    fail the same way, so the controller ends the run with it (a run-level error) instead of
+    re-running or failing jobs. It carries what a user needs to fix it without logging in to the
+    worker's node: the command, its exit code (None: it did not start), the tail of its output, and
+    the output itself (its last MAX_LOG_BYTES), which the controller copies into the run's logs
+    folder; ``log_path`` is the full log on the worker's node. The fields are the exception's args,
+    in order, so it pickles as it is (Ray hands it to the controller as ``RayTaskError.cause``).
+    """
+
+    def __init__(self, worker: str, node: str, command: list[str], exit_code: int | None, tail: str,
+                 log_path: str, log: str = ""):
+        super().__init__(worker, node, command, exit_code, tail, log_path, log)
+        self.worker, self.node, self.command, self.exit_code = worker, node, list(command), exit_code
+        self.tail, self.log_path, self.log = tail, log_path, log
+
+    @property
+    def how(self) -> str:
+        """How it ended, in words: `exit 1`, `killed by signal 9`, `did not start`."""
+        if self.exit_code is None:
+            return "did not start"
+        return f"killed by signal {-self.exit_code}" if self.exit_code < 0 else f"exit {self.exit_code}"
+
+    def __str__(self) -> str:
+        return (f"the prepare command `{shlex.join(self.command)}` failed on {self.worker} ({self.how}); "
+                f"its output ends:\n{self.tail}")

@@ -46,10 +46,12 @@ Choices and trade-offs
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shlex
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -63,13 +65,14 @@ from worker.summary import is_valid, parse_summary
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunOutcome", "run_training", "DEFAULT_MAX_LOG_BYTES"]
+__all__ = ["RunOutcome", "run_training", "run_prepare", "DEFAULT_MAX_LOG_BYTES"]
 
 DEFAULT_MAX_LOG_BYTES = 512 * 1024 * 1024
 TAIL_LINES = 50
 TAIL_BYTES = 4096
 SUMMARY_WINDOW = 64 * 1024
 PROGRESS_WINDOW = 64 * 1024
+PREPARE_POLL_S = 0.2  # how soon a cancel reaches a prepare command, or a worker waiting for its lock
 
 
 @dataclass
@@ -275,3 +278,49 @@ def run_training(
     log.info("run in %s: %s (%s) in %.1f s [%s]", cwd, outcome.status, reason or "-", wall,
              "+".join(layers))
     return outcome
+
+
+def run_prepare(command: Callable[[], Sequence[str]], cwd: Path, env: Mapping[str, str], *, log_path: Path,
+                lock_path: Path, cancel: threading.Event, max_bytes: int) -> tuple[int | None, str, str]:
+    """Run the data-preparation command to its end under an exclusive lock on ``lock_path``; returns
+    (its exit code, the tail of its output, the output's last ``max_bytes``).
+
+    Not sandboxed: it is the frozen harness's own step (it downloads, and writes the cache runs
+    read). Its stdout and stderr go, interleaved as printed, to ``log_path`` (not into memory: a
+    download's progress can run long). ``command`` is called once the lock is held; one that cannot
+    be built or started (no such program) is said in the log, with exit code None. ``cancel`` ends
+    the wait for the lock and the command (its whole session: it runs in one of its own), so a
+    stopping farm neither waits out a download nor leaves one running under a killed worker; a
+    command killed so ends with -9, one cancelled before it started with None.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    code: int | None = None
+    with open(lock_path, "w") as lock, open(log_path, "wb") as out:
+        while not cancel.is_set():
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:  # another worker of this node is preparing the same cache
+                cancel.wait(PREPARE_POLL_S)
+        proc = None
+        if not cancel.is_set():
+            try:
+                proc = subprocess.Popen(list(command()), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+                                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            except (OSError, ValueError) as e:  # no such program, not executable, a command that cannot be built
+                out.write(f"cannot run the prepare command: {e}\n".encode())
+        while proc is not None and code is None:
+            try:
+                code = proc.wait(timeout=PREPARE_POLL_S)
+            except subprocess.TimeoutExpired:
+                if cancel.is_set():
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:  # it ended a moment ago
+                        pass
+                    code = proc.wait()
+        if cancel.is_set():
+            out.write(b"\n=== cancelled: the farm is stopping ===\n")
+    size = log_path.stat().st_size
+    output = _read_range(log_path, 0, size, max_bytes)
+    return code, _tail(output), output

@@ -26,6 +26,9 @@ in memory (rebuilt from Redis on start and resume), a proposal round's git work 
 from __future__ import annotations
 
 import hashlib
+import re
+import shlex
+import textwrap
 from collections import Counter
 import logging
 import time
@@ -33,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cluster.config import FarmConfig
-from cluster.errors import FencedWrite
+from cluster.errors import FencedWrite, RunFailed
 from cluster.loop import judge as judge_policy
 from cluster.loop.fleet import Fleet, ProposerCalls
 from cluster.loop.intake import Intake
@@ -45,6 +48,7 @@ from cluster.records import (PENDING_STATES, Candidate, Job, Origin, Purpose, Re
 from cluster.repo import FarmRepo, RebaseStatus, main_branch
 from cluster.store import Store
 from worker import tripwire
+from worker.contract import PrepareFailed
 
 log = logging.getLogger(__name__)
 
@@ -169,17 +173,48 @@ class Controller:
     # ------------------------------------------------------------------ results
 
     def collect(self, timeout: float) -> None:
-        """Record what the workers sent back (waiting up to ``timeout`` for the first)."""
+        """Record what the workers sent back (waiting up to ``timeout`` for the first). A worker whose
+        prepare command failed ends the run: the rest of the batch is recorded first, then
+        :class:`RunFailed` is raised, before anything more is dispatched."""
+        failed: RunFailed | None = None
         for done in self.fleet.collect(timeout):
             self.progress.idle(done.name, done.flight.started)
             job = done.flight.job
-            if done.out is None:
+            if done.prepare_failed is not None:
+                error = self._prepare_failed(done.name, job, done.prepare_failed)
+                failed = failed or error
+            elif done.out is None:
                 self.lost(job, f"worker {done.name} failed: {done.error}")
                 self.fleet.probe(done.name)  # Ray restarts it; no work goes to it until it answers
             elif done.out.get("lost"):  # its training process was killed from outside: not the candidate's result
                 self.lost(job, done.out["lost"])
             else:
                 self.record(done.name, job, done.out)
+        if failed is not None:
+            raise failed
+
+    def _prepare_failed(self, worker: str, job: Job, err: PrepareFailed) -> RunFailed:
+        """A worker's prepare command failed: the frozen harness is at fault, not ``job``'s candidate,
+        and every job would fail the same way, so this is a run-level error, not a lost job. The job
+        goes back to the front of the queue without counting as lost and its candidate is pending
+        again (`--resume` picks both up once prepare is fixed); the command's output is copied into
+        the run's logs folder (the worker may be on another node); the error that ends the run,
+        which says all of it, is returned."""
+        self.store.requeue(job.id, job.attempt, f"the prepare command failed on {worker}", self.cfg.workers.max_lost,
+                           count_lost=False)
+        self.store.transition(job.cand, {State.RUNNING.value}, State.QUEUED.value)
+        log_file = self.run_dir / "logs" / f"prepare-{re.sub(r'[^A-Za-z0-9_.+-]', '_', worker)}.log"
+        log_file.write_text(err.log or err.tail)
+        self.store.add_event("prepare_failed", worker=worker, job=job.id, cand=job.cand, command=err.command,
+                             exit_code=err.exit_code, log=str(log_file))
+        command = shlex.join(err.command)
+        tail = textwrap.indent(err.tail.rstrip("\n") or "(no output)", "    ")
+        return RunFailed(
+            f"the prepare command `{command}` failed on worker {worker} ({err.how}), so the run stopped: no job "
+            f"can run until the data is prepared. Its output ends:\n{tail}\n"
+            f"The whole output: {log_file} (on {err.node}: {err.log_path}). No candidate is blamed: its job "
+            f"went back to the queue, as did any still running. Fix the data preparation (the command, run in "
+            f"the target repository, shows it), then `autoresearch-farm run --tag {self.tag} --resume` continues.")
 
     def record(self, worker: str, job: Job, out: dict[str, Any]) -> None:
         result = Result.from_dict(out["result"])
@@ -217,8 +252,13 @@ class Controller:
             self.report(f"{job.cand}: {reason}; re-queued")
 
     def _fail_candidate(self, cid: str, reason: str) -> None:
+        """Fail ``cid`` for good; its other queued jobs are taken out of the queue (a failed candidate
+        is never judged, so running them would spend a worker on nothing)."""
         self.metrics.decision("fail")
         self.store.transition(cid, PENDING, State.FAILED.value, decision={"action": "fail", "reason": reason})
+        for job_id, (cand, _) in list(self.jobs.open.items()):
+            if cand == cid and self.store.remove_from_queue(job_id):
+                self.jobs.closed(job_id)
         self.report(f"{cid} failed: {reason}")
 
     def _heartbeats(self) -> None:

@@ -16,10 +16,26 @@ from typing import Any
 import ray
 
 from cluster.records import Job
+from worker.contract import PrepareFailed
 
 # a worker call that failed because its actor died, was killed or was cancelled
 WORKER_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                    ray.exceptions.TaskCancelledError, ray.exceptions.RayTaskError)
+
+
+ERROR_CHARS = 600  # of a failed call's error, in the loop's lines and the job's record
+
+
+def failure(e: BaseException) -> str:
+    """A failed worker call in one line that ends in what went wrong. Ray's own text of an error
+    raised inside the actor starts with the actor's repr and the remote traceback, so a cut of it
+    keeps the noise and loses the message: the error the worker raised is said instead, and the end
+    of a long message is kept, where Python puts the line that says what happened."""
+    cause = e.cause if isinstance(e, ray.exceptions.RayTaskError) and e.cause is not None else e
+    text = " ".join(str(cause).split())
+    if len(text) > ERROR_CHARS:
+        text = "..." + text[-ERROR_CHARS:]
+    return f"{type(cause).__name__}: {text}"
 
 
 @dataclass
@@ -46,6 +62,7 @@ class Finished:
     flight: InFlight
     out: dict[str, Any] | None
     error: str = ""
+    prepare_failed: PrepareFailed | None = None  # the worker's prepare command failed: a run-level error
 
 
 class Fleet:
@@ -94,7 +111,11 @@ class Fleet:
             try:
                 done.append(Finished(name, flight, ray.get(ref)))
             except WORKER_FAILURES as e:
-                done.append(Finished(name, flight, None, f"{type(e).__name__}: {str(e)[:300]}"))
+                cause = e.cause if isinstance(e, ray.exceptions.RayTaskError) else None
+                if isinstance(cause, PrepareFailed):
+                    done.append(Finished(name, flight, None, str(cause), prepare_failed=cause))
+                else:
+                    done.append(Finished(name, flight, None, failure(e)))
         return done
 
     def cancel_all(self, wait_s: float) -> None:
@@ -188,7 +209,7 @@ class ProposerCalls:
         try:
             return True, ray.get(ref), ""
         except ray.exceptions.RayError as e:
-            return True, [], str(e)[:300]
+            return True, [], failure(e)
 
     def repair(self, cid: str, meta: dict[str, Any], source: str, log_tail: str, tried: set[str]) -> None:
         self.repairs[self.handle.repair.remote(meta, source, log_tail, tried)] = cid
@@ -204,5 +225,5 @@ class ProposerCalls:
             try:
                 out.append((cid, ray.get(ref), ""))
             except ray.exceptions.RayError as e:
-                out.append((cid, None, str(e)[:300]))
+                out.append((cid, None, failure(e)))
         return out

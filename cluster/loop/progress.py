@@ -15,6 +15,15 @@ from cluster.store import Store
 JUDGED = values(FINAL_STATES - {State.INVALID})  # experiments that ended (a refused patch never ran)
 
 
+def experiments(counts: dict[str, int], baseline_state: str) -> tuple[int, int]:
+    """(merged, done): the experiments merged and ended, from the candidates' state counts. The
+    baseline is a candidate but no experiment: it is taken off the count of the state it ended in, and
+    only that one (a failed baseline is no merge: taking it off the merges would count below zero)."""
+    merged = counts.get(State.MERGED.value, 0) - (baseline_state == State.MERGED.value)
+    done = sum(counts.get(s, 0) for s in JUDGED) - (baseline_state in JUDGED)
+    return max(merged, 0), max(done, 0)
+
+
 @dataclass
 class Stats:
     started: float = field(default_factory=time.time)
@@ -29,7 +38,7 @@ class Progress:
         self.noise = noise  # the noise floor and the margin a win must clear now, in words
         self.stats = Stats()
         self.idle_since: dict[str, float] = {name: time.time() for name in fleet.names}
-        self._baseline_judged = False
+        self._baseline_state = ""  # the baseline candidate's state once final (it never changes after)
 
     def idle(self, worker: str, busy_since: float) -> None:
         """``worker`` came back from a run it started at ``busy_since``."""
@@ -62,16 +71,20 @@ class Progress:
                               workers=len(self.fleet))
         return g
 
+    def _baseline(self) -> str:
+        """The baseline candidate's state once it is final, else "" (read until then, then kept)."""
+        if not self._baseline_state:
+            cid = (self.store.run_meta() or {}).get("baseline_cand")
+            state = self.store.get_candidate(cid).state if cid else ""
+            self._baseline_state = state if state in values(FINAL_STATES) else ""
+        return self._baseline_state
+
     def line(self) -> str:
         g = self.gauges()
         # from the state counts (one round trip), not by loading every judged candidate: the baseline
         # candidate is the one merged candidate of origin "baseline", once its runs are judged
         counts = self.store.count_by_state()
-        if not self._baseline_judged:
-            cid = (self.store.run_meta() or {}).get("baseline_cand")
-            self._baseline_judged = bool(cid) and self.store.get_candidate(cid).state in JUDGED
-        merged = counts.get(State.MERGED.value, 0) - self._baseline_judged
-        done = sum(counts.get(s, 0) for s in JUDGED) - self._baseline_judged
+        merged, done = experiments(counts, self._baseline())
         best, base = g["best"], g["baseline"]
         best_s = f"best {best:.6f}" if best else "best -"
         if best and base:

@@ -39,7 +39,8 @@ def plot(rows: list[dict[str, str]], tag: str, out: Path) -> Path:
     ax.set_xlabel("experiment (in the order they finished)")
     ax.set_ylabel("val_bpb (lower is better)")
     best = min((y for _, y, _ in kept), default=baseline)
-    ax.set_title(f"run {tag}: {len(rows) - 1} experiments, {len(kept) - 1} kept, "
+    merged = sum(1 for x, _, _ in kept if x > 0)  # (rows[0] is the baseline, kept or not: a baseline that crashed is not)
+    ax.set_title(f"run {tag}: {len(rows) - 1} experiments, {merged} kept, "
                  f"best {best:.4f} ({best - baseline:+.4f})")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
