@@ -3,6 +3,7 @@
     autoresearch-farm run [--config PATH] [--repo PATH] [--tag TAG] [--workers N] [--budget S]
                           [--max-experiments N] [--hours H] [--redis URL] [--resume]
                           [--proposer mutate|llm|agent] [--base-url URL] [--model NAME]
+    autoresearch-farm check [--config PATH] [--repo PATH] [--budget S] [--ray-address ADDR | --gpus N]
     autoresearch-farm submit  [--address URL] [run options]            a run, as a Ray job
     autoresearch-farm submit  [--address URL] [--tag TAG] (--patch FILE [--description TEXT] | --idea TEXT)
     autoresearch-farm logs|stop TAG_OR_JOB [--address URL]
@@ -73,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", default="", help="Ray cluster to use (default: RAY_ADDRESS, else a local one)")
     run.add_argument("--no-dashboard", action="store_true", help="start a local Ray without its dashboard")
     run.add_argument("--metrics-port", type=int, help="a local Ray serves Prometheus metrics on this port")
+
+    check = sub.add_parser("check", help="read the target and say whether the farm would run it (no Ray started)",
+                           description=(
+        "The pre-flight `run` does before any worker starts: the harness's shape, the budget, the training "
+        "command, CUDA, the imports, the prepared data, the seeding and the trust level, read from the "
+        "repository's HEAD. Exit 0 when it would run, 2 with every refusal when it would not."))
+    _common(check)
+    check.add_argument("--budget", type=float, help="training seconds per experiment")
+    check.add_argument("--ray-address", default="", help="count the GPUs of this Ray cluster (default: RAY_ADDRESS, "
+                       "else this machine's, torch.cuda.device_count())")
+    check.add_argument("--gpus", type=float, help="check as for a cluster with this many GPUs")
 
     submit = sub.add_parser("submit", help="submit a run to a Ray cluster, or a patch or idea into a run",
                             description=(
@@ -151,6 +163,49 @@ def cmd_run(args: argparse.Namespace) -> int:
     why = run_farm(cfg, resume=args.resume, report=_say, ray_address=args.ray_address,
                    dashboard=not args.no_dashboard, metrics_port=args.metrics_port)
     return 0 if why != "stopped" else 130
+
+
+def _gpu_count(args: argparse.Namespace) -> tuple[float | None, str]:
+    """The GPUs `check` checks against, and where the number comes from. A Ray address is joined (never
+    started); a Jobs API address (http://...) cannot say, so the count is left unknown there."""
+    if args.gpus is not None:
+        return args.gpus, f"{args.gpus:g} GPU(s), as --gpus says"
+    address = args.ray_address or os.environ.get("RAY_ADDRESS", "")
+    if address.startswith(("http://", "https://")):
+        return None, (f"{address} is a Jobs API address, whose GPUs are not known here: pass --gpus N (a run "
+                      "submitted there is checked again on the cluster)")
+    if address:
+        import ray
+
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        except ConnectionError as e:
+            raise FarmError(f"cannot connect to the Ray cluster at {address}: {e}. Is it up (`ray status`)?") from None
+        try:
+            gpus = float(ray.cluster_resources().get("GPU", 0))
+        finally:
+            ray.shutdown()
+        return gpus, f"{gpus:g} GPU(s) in the Ray cluster at {address}"
+    try:
+        import torch
+
+        gpus = float(torch.cuda.device_count())
+    except ImportError:
+        gpus = 0.0
+    return gpus, f"{gpus:g} GPU(s) on this machine (torch.cuda.device_count())"
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from cluster.launch import open_repo
+    from cluster.preflight import preflight
+
+    cfg = load_config(args)
+    gpus, where = _gpu_count(args)
+    _say(f"GPUs: {where}")
+    with ExitStack() as stack:
+        preflight(cfg, open_repo(cfg, stack), gpus, report=_say)
+    _say("check: the farm would run this target (`autoresearch-farm run` with the same flags)")
+    return 0
 
 
 def _open_store(args: argparse.Namespace, stack: ExitStack):
@@ -326,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    handler = {"run": cmd_run, "submit": lambda a: cmd_submit(a, rest), "status": cmd_status,
+    handler = {"run": cmd_run, "check": cmd_check, "submit": lambda a: cmd_submit(a, rest), "status": cmd_status,
                "results": cmd_results, "plot": cmd_plot, "logs": cmd_logs, "stop": cmd_stop,
                "pull": cmd_pull}[args.command]
     t0 = time.time()

@@ -39,10 +39,14 @@ class RunConfig:
 class TrainConfig:
     command: tuple[str, ...] = ("python", "train.py")  # run in the candidate's tree
     prepare_command: tuple[str, ...] = ("python", "prepare.py")  # once per worker; () = none
-    budget: float = 60.0  # training seconds per experiment (AUTORESEARCH_TIME_BUDGET); 300 on GPUs
+    harness: str = "auto"  # auto (read from prepare.py by the pre-flight) | farm (this project's) | upstream
+    # (karpathy/autoresearch's shape: a TIME_BUDGET constant, training at import); a run records it resolved
+    budget: float = 60.0  # training seconds per experiment (AUTORESEARCH_TIME_BUDGET); 300 on GPUs; an upstream-style
+    # harness's TIME_BUDGET constant governs instead (the pre-flight refuses a budget that disagrees)
     grace: float = 90.0  # extra wall-clock seconds for start-up and evaluation before a kill
     cache_dir: str = ""  # AUTORESEARCH_CACHE for prepare and train; "" = on each node, the worker's
-    # $AUTORESEARCH_CACHE, else $XDG_CACHE_HOME/autoresearch, else ~/.cache/autoresearch (prepare.py's default)
+    # $AUTORESEARCH_CACHE, else $XDG_CACHE_HOME/autoresearch-farm, else ~/.cache/autoresearch-farm (prepare.py's
+    # default); an upstream-style harness: its own CACHE_DIR (~/.cache/autoresearch), moved here when set
     isolate_network: bool = True  # run candidates without network where the OS allows it
     trusted_eval: bool = True  # val_bpb comes from the worker's own evaluation process (docs/TRUST.md)
     disk_quota_gb: float = 20.0  # a run whose directory grows past this is killed (crash); 0 = none
@@ -142,6 +146,7 @@ class FarmConfig:
 
 _CHOICES = {
     "store.appendfsync": ("always", "everysec"),
+    "train.harness": ("auto", "farm", "upstream"),
     "proposer.kind": ("mutate", "llm", "agent"),
     "proposer.fallback": ("mutate", ""),
     "proposer.profile": ("auto", "gpu", "cpu"),

@@ -3,7 +3,8 @@
 Opening a run (`open_run`): the target repository (`open_repo`), the Redis that holds its records
 (the one `store.redis` names, else an embedded server under the repository's .git directory,
 `repo_farm_dir`, so the user's working tree never sees a file of ours), the run's store on it, and
-its run directory for the logs. Running the farm (`run_farm`): Ray (joined or started), the worker
+its run directory for the logs. Running the farm (`run_farm`): Ray (joined or started), the
+pre-flight (:mod:`cluster.preflight`: what the target is, or every reason it cannot run), the worker
 actors (one per GPU), the proposer actor and the controller actor, whose loop runs the run; this
 process prints what the controller reports, passes a Ctrl-C / SIGTERM on as a stop, and records how
 the run ended.
@@ -17,12 +18,13 @@ import signal
 import subprocess
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from cluster.config import FarmConfig
-from cluster.errors import FarmError, RepoError
+from cluster.errors import FarmError, RepoError, RunFailed
+from cluster.preflight import PreflightRefused, preflight
 from cluster.store.server import EmbeddedRedis, check_exposure, connect
 from cluster.repo import FarmRepo, main_branch
 from cluster.store import Store
@@ -120,8 +122,23 @@ def _proposer_inputs(cfg: FarmConfig, ctx: RunContext, report: Callable[[str], N
     return program, files
 
 
+WHY_CHARS = 8000  # of a run-level error's message in the run's record: its output's tail is in it
 LINES_WAIT_S = 1.0  # how long one call for the controller's lines waits for one
 STOP_POLL_S = 0.1  # how soon a Ctrl-C / SIGTERM reaches the controller
+
+
+def _gpus_before_ray(cfg: FarmConfig, ray_address: str) -> float | None:
+    """The GPUs the workers will have, where that is known before Ray starts: none for CPU workers;
+    this machine's for a local Ray (it is started here, with them); None (unknown) for a cluster."""
+    import os
+
+    if cfg.workers.gpus_per_worker <= 0:
+        return 0.0
+    if ray_address or os.environ.get("RAY_ADDRESS", "").strip():
+        return None
+    import torch
+
+    return float(torch.cuda.device_count())
 
 
 def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], None] = print,
@@ -148,9 +165,20 @@ def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], N
             else:
                 raise RepoError(f"run tag {ctx.tag} already exists (branch {main_branch(ctx.tag)}); "
                                 f"pass --resume to continue it or choose another --tag")
+        commit = _start_commit(ctx, resume)
+        try:  # what can be refused without the cluster's GPU count is refused before Ray starts: at once
+            preflight(cfg, ctx.repo, _gpus_before_ray(cfg, ray_address), commit=commit, report=lambda line: None)
+        except PreflightRefused as e:
+            for line in e.lines:
+                report(line)
+            raise
         started_ray = placement.init_ray(ray_address, dashboard=dashboard, metrics_port=metrics_port)
         if started_ray:
             stack.callback(ray.shutdown)
+        # what the target is, said before any worker starts; a refusal raises here, before the run exists
+        pre = preflight(cfg, ctx.repo, ray.cluster_resources().get("GPU", 0), commit=commit, report=report)
+        cfg = pre.cfg  # train.harness resolved, an upstream harness's budget set
+        ctx = replace(ctx, cfg=cfg)
         gpu = placement.uses_gpus(cfg)
         profile = cfg.proposer.profile if cfg.proposer.profile != "auto" else ("gpu" if gpu else "cpu")
         workers = placement.start_workers(cfg, ctx.tag, str(ctx.run_dir.resolve() / "workers"))
@@ -173,7 +201,7 @@ def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], N
             pinned = cfg.with_overrides({"run.repo": str(ctx.repo_path), "run.tag": ctx.tag})
             ctx.store.create_run({"tag": ctx.tag, "repo": str(ctx.repo_path), "created": time.time(),
                                   "config": pinned.to_dict(), "status": "running"})
-        ctx.store.update_run(status="running", redis=ctx.redis_url, run_dir=str(ctx.run_dir),
+        ctx.store.update_run(status="running", redis=ctx.redis_url, run_dir=str(ctx.run_dir), harness=pre.meta(),
                              controller={"actor": f"{ctx.tag}:controller", **where},
                              workers={w.name: f"{ctx.tag}:{w.name}" for w in workers})
         try:
@@ -184,6 +212,9 @@ def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], N
                             f"died; `--resume` continues the run") from None
         except BaseException as e:  # recorded, so `status` says so and the embedded Redis is not kept for it
             cause = e.cause if isinstance(e, ray.exceptions.RayTaskError) and e.cause is not None else e
+            if isinstance(cause, RunFailed):  # a run-level error: its message is the record, whole (`status` shows it)
+                ctx.store.update_run(status="failed", ended=time.time(), why=str(cause)[:WHY_CHARS])
+                raise cause from None
             ctx.store.update_run(status="crashed", ended=time.time(), why=f"{type(cause).__name__}: {cause}"[:500])
             if isinstance(cause, FarmError):
                 raise cause from None  # the controller's own error, said as it said it
@@ -191,6 +222,16 @@ def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], N
         ctx.store.update_run(status="stopped" if why == "stopped" else "done", ended=time.time(), why=why)
         report(f"run {ctx.tag} ended: {why}. Results: autoresearch-farm results --tag {ctx.tag}")
         return why
+
+
+def _start_commit(ctx: RunContext, resume: bool) -> str:
+    """The commit whose harness the run uses: a resumed run's main line, else HEAD (never the work tree)."""
+    if resume:
+        try:
+            return ctx.repo.main_line(ctx.tag)
+        except RepoError:
+            pass
+    return "HEAD"
 
 
 def _wait_for(ctrl, run_ref, stops: list[int], report: Callable[[str], None]) -> str:

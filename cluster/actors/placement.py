@@ -101,6 +101,13 @@ def _gpu_order(place: dict[str, Any]) -> tuple:
     return (place["node_ip"], [int(g) if g.isdigit() else g for g in place["gpu_ids"]])
 
 
+def _resolved_harness(cfg: FarmConfig) -> str:
+    """train.harness as the pre-flight (cluster/preflight.py) resolved it. "auto" never reaches a worker:
+    a configuration that skipped the pre-flight (tests and benchmarks that start workers directly) runs
+    the farm's own harness, as every run did before upstream-style harnesses were read."""
+    return "farm" if cfg.train.harness == "auto" else cfg.train.harness
+
+
 def worker_settings(cfg: FarmConfig, name: str, work_root: str, gpu: bool) -> WorkerSettings:
     """What the worker `name` is told: the run's and the training's configuration, and whether it has a GPU."""
     return WorkerSettings(
@@ -119,6 +126,7 @@ def worker_settings(cfg: FarmConfig, name: str, work_root: str, gpu: bool) -> Wo
         env=dict(cfg.train.env),
         cpu_threads=0 if gpu else max(1, int(cfg.workers.cpus_per_worker)),
         device="" if gpu else "cpu",
+        harness=_resolved_harness(cfg),
     )
 
 

@@ -71,7 +71,7 @@ def status_dict(store: Store) -> dict[str, Any]:
         "experiments_measured": len({r.cand for r in results}), "measurements": len(results),
         "refused_late_results": len(store.refused()), "merged": board, "why_ended": meta.get("why"),
         "cost": costs(store), "workers": store.live_workers(), "controller": meta.get("controller"),
-        "noise": noise_floor(meta, lineage),
+        "noise": noise_floor(meta, lineage), "harness": meta.get("harness"),
     }
 
 
@@ -79,10 +79,18 @@ def format_status(s: dict[str, Any], now: float | None = None) -> str:
     """`status_dict`'s dictionary as the lines `autoresearch-farm status` prints (each ending in a newline);
     `now` (default: the time) dates the workers' last signs of life."""
     best, base = s["best_bpb"], s["baseline_bpb"]
-    out = [f"run {s['tag']}: {s['status']}" + (f" ({s['why_ended']})" if s.get("why_ended") else "")]
+    why = str(s.get("why_ended") or "")
+    if "\n" in why:  # a run-level error (a failed prepare command): its message and its output's tail, in full
+        out = [f"run {s['tag']}: {s['status']}"] + [f"  {ln}" for ln in why.splitlines()]
+    else:
+        out = [f"run {s['tag']}: {s['status']}" + (f" ({why})" if why else "")]
     if best is not None:
         delta = f" ({best - base:+.6f} vs baseline {base:.6f})" if base is not None else ""
         out.append(f"best val_bpb {best:.6f}{delta} at {s['main'][:8]}")
+    if (s.get("harness") or {}).get("trust"):  # recorded by the pre-flight (runs started before it have none)
+        h = s["harness"]
+        out.append(f"trust: {h['trust']} ({h.get('kind', '?')} harness, budget {h.get('budget', 0):g} s from "
+                   f"{h.get('budget_source', '?')})")
     out.append("candidates: " + ", ".join(f"{k} {v}" for k, v in sorted(s["candidates"].items()))
                + f"; queued jobs {s['queued']}")
     if s.get("controller"):

@@ -25,7 +25,7 @@ CLUSTER_LAYERS = (
     ("cluster.store", "cluster.repo"),  # Redis and git
     ("cluster.loop",),  # the controller and its parts
     ("cluster.actors",),  # the loop, workers and proposer as Ray actors
-    ("cluster.launch", "cluster.report", "cluster.remote"),  # opening and running a run, looking at one
+    ("cluster.launch", "cluster.preflight", "cluster.report", "cluster.remote"),  # opening and running a run, looking at one
     ("cluster.cli", "cluster.head"),  # entry points
 )
 
