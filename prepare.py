@@ -22,8 +22,8 @@ Knobs, read once at import from the environment; the profile only changes defaul
 | AUTORESEARCH_EVAL_TOKENS  | 40*524288 / 2**17                 | EVAL_TOKENS: val tokens scored (rounded down |
 |                           |                                   | to a multiple of MAX_SEQ_LEN)                |
 | AUTORESEARCH_VOCAB_SIZE   | 8192 / 2048                       | VOCAB_SIZE: BPE vocab incl. the BOS token    |
-| AUTORESEARCH_CACHE        | $XDG_CACHE_HOME/autoresearch,     | CACHE_DIR: downloads, tokenizer, token files |
-|                           | else ~/.cache/autoresearch        |                                              |
+| AUTORESEARCH_CACHE        | $XDG_CACHE_HOME/autoresearch-farm,| CACHE_DIR: downloads, tokenizer, token files |
+|                           | else ~/.cache/autoresearch-farm   | (not upstream's ~/.cache/autoresearch)       |
 | AUTORESEARCH_DATASET      | the last dataset prepared, else   | DATASET: the prepared data train.py reads:   |
 |                           | offline                           | offline, climbmix or source-<hash>           |
 | AUTORESEARCH_CLIMBMIX_URL | the Hugging Face hub              | where climbmix shards are downloaded from    |
@@ -105,10 +105,11 @@ if EVAL_TOKENS < MAX_SEQ_LEN:
 # BPE vocabulary size including special tokens: 256 byte tokens + merges + <|bos|>
 VOCAB_SIZE = _env("AUTORESEARCH_VOCAB_SIZE", 8192 if _GPU else 2048,
                   int, lambda v: 257 <= v <= 2**31, "an integer in [257, 2**31]")
-# root of everything prepare.py writes
+# root of everything prepare.py writes; not upstream autoresearch's ~/.cache/autoresearch, whose files have
+# other formats under the same names (a fork researched on the same machine keeps its cache)
 CACHE_DIR = os.path.abspath(os.path.expanduser(
     os.environ.get("AUTORESEARCH_CACHE", "").strip()
-    or os.path.join(os.environ.get("XDG_CACHE_HOME", "").strip() or "~/.cache", "autoresearch")))
+    or os.path.join(os.environ.get("XDG_CACHE_HOME", "").strip() or "~/.cache", "autoresearch-farm")))
 # where climbmix shards come from (overridable so tests can serve shards from 127.0.0.1)
 CLIMBMIX_URL = (os.environ.get("AUTORESEARCH_CLIMBMIX_URL", "").strip()
                 or "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main")

@@ -9,7 +9,6 @@ dir, the torch compile cache under the worker's root) so start-up overhead stays
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import math
@@ -23,9 +22,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from worker.contract import Result, RunStatus
+from worker.contract import PrepareFailed, Result, RunStatus
 from worker import tripwire
-from worker.runner import RunOutcome, run_training
+from worker.upstream import host, launch as upstream
+from worker.runner import RunOutcome, run_prepare, run_training
 from worker.settings import WorkerSettings
 from worker.summary import is_valid
 
@@ -54,6 +54,7 @@ SEED_ENV = "AUTORESEARCH_SEED"  # prepare.seed(): the seed the farm assigned thi
 HANDOFF_ENV = "AUTORESEARCH_HANDOFF"  # prepare.HANDOFF_ENV: where evaluate_bpb saves the trained weights
 TRUSTED_EVAL = Path(__file__).with_name("trusted_eval.py")
 EVAL_SCRIPT = "_arf_trusted_eval.py"  # its name in the evaluation directory
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # runs without network
 
 
 def reap_orphans(root: Path) -> int:
@@ -144,6 +145,7 @@ class Worker:
         self.orphans_killed = reap_orphans(self.root)
         self._cancel = threading.Event()
         self._prepared_digest: str | None = None
+        self._layout: dict[str, Any] = {}  # an upstream harness's paths (_describe)
         self._gpu_ids = self._visible_gpus()
         self.accelerator = accelerator_name(self._gpu_ids)
 
@@ -180,11 +182,17 @@ class Worker:
             env["OMP_NUM_THREADS"] = str(int(s.cpu_threads))
         if self._gpu_ids:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self._gpu_ids)
+        if self._layout.get("kernels"):  # an upstream harness's prepare fetches them (launch.prefetch)
+            env[upstream.KERNELS_ENV] = os.pathsep.join(self._layout["kernels"])
         return env
 
     def prepare(self, files: dict[str, bytes], digest: str) -> dict[str, Any]:
         """Run the prepare command once per distinct frozen harness (a no-op when data is cached).
-        A file lock serialises workers of one node that share a cache directory."""
+        A file lock serialises workers of one node that share a cache directory; cancel() ends the
+        wait and the command (:func:`~worker.runner.run_prepare`). Its output goes to
+        <root>/logs/prepare-<digest>.log. A failure raises :class:`~worker.contract.PrepareFailed`
+        (the command, its exit code, the output's tail and the output): the frozen harness failed,
+        not a candidate, so the controller ends the run with it instead of retrying an opaque error."""
         if self._prepared_digest == digest or not self.settings.prepare_command:
             self._prepared_digest = digest
             return {"prepared": False}
@@ -196,43 +204,78 @@ class Worker:
         cache.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items()}
         env.update(self._env())
+        log_path = self.root / "logs" / f"prepare-{digest[:12]}.log"
         t0 = time.time()
-        with open(cache / ".farm-prepare.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            proc = subprocess.run(
-                python_command(self.settings.prepare_command), cwd=where, env=env,
-                capture_output=True, text=True,
-            )
-        if proc.returncode != 0:
-            tail = (proc.stdout + proc.stderr)[-3000:]
-            raise RuntimeError(f"prepare command failed on {self.name} (exit {proc.returncode}):\n{tail}")
+        code, tail, output = run_prepare(lambda: self._prepare_command(files), where, env, log_path=log_path,
+                                         lock_path=cache / ".farm-prepare.lock", cancel=self._cancel,
+                                         max_bytes=MAX_LOG_BYTES)
+        if code != 0:
+            log.error("%s: the prepare command failed (exit %s); its log: %s", self.name, code, log_path)
+            raise PrepareFailed(self.name, socket.gethostname(), list(self.settings.prepare_command), code,
+                                tail, str(log_path), output)
         self._prepared_digest = digest
         return {"prepared": True, "seconds": time.time() - t0}
 
     def cache_dir(self) -> Path:
-        """The data cache train.py reads, resolved as prepare.py resolves CACHE_DIR: the configured
-        cache_dir, else $AUTORESEARCH_CACHE, else $XDG_CACHE_HOME/autoresearch (~/.cache/autoresearch)."""
+        """The data cache train.py reads. The farm's harness: resolved as its prepare.py resolves
+        CACHE_DIR: the configured cache_dir, else $AUTORESEARCH_CACHE, else
+        $XDG_CACHE_HOME/autoresearch-farm (~/.cache/autoresearch-farm). An upstream-style harness: its
+        own CACHE_DIR (moved to the configured cache_dir by the launcher), as its prepare.py says."""
+        if self.settings.harness == "upstream" and self._layout.get("cache_dir"):
+            return Path(self._layout["cache_dir"])
         configured = self.settings.cache_dir or os.environ.get("AUTORESEARCH_CACHE", "").strip()
         if configured:
             return Path(configured).expanduser()
-        return Path(os.environ.get("XDG_CACHE_HOME", "").strip() or "~/.cache").expanduser() / "autoresearch"
+        return Path(os.environ.get("XDG_CACHE_HOME", "").strip() or "~/.cache").expanduser() / "autoresearch-farm"
+
+    def _frozen_data(self) -> list[Path]:
+        """The prepared files every score depends on, which no run may change: the farm's tokenized
+        data; an upstream harness's whole cache (its shards and its tokenizer, token_bytes.pt included)."""
+        if self.settings.harness == "upstream":
+            return [p for p in [self.cache_dir()] if p.is_dir()]
+        return [p for p in [self.cache_dir() / "tokenized"] if p.is_dir()]
 
     def data_state(self) -> dict[str, tuple[int, int, int, int]]:
         """(size, mtime, ctime, inode) of every prepared file: any write, even one that restores
         the mtime, changes the ctime."""
         out = {}
-        for path in sorted(self.cache_dir().glob("tokenized/**/*")):
-            st = path.stat()
-            out[str(path)] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        for root in self._frozen_data():
+            for path in sorted(root.glob("**/*")):
+                if path.name.startswith(".farm-"):  # the prepare lock
+                    continue
+                st = path.stat()
+                out[str(path)] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
         return out
 
     def hidden_paths(self) -> list[Path]:
-        """What a training process must not read: every prepared validation split, and the raw data."""
+        """What a training process must not read. The farm's harness: every prepared validation
+        split, and the raw data. An upstream harness: exactly its validation shard (its training
+        shards lie beside it, in the same folder, and training reads them)."""
+        if self.settings.harness == "upstream":
+            return [Path(p) for p in [self._layout.get("val_path")] if p and Path(p).exists()]
         cache = self.cache_dir()
         return sorted(cache.glob("tokenized/*/val*")) + [p for p in [cache / "data"] if p.is_dir()]
 
+    def _prepare_command(self, files: dict[str, bytes]) -> list[str]:
+        """The prepare command as run; an upstream-style harness's through the launcher (which moves its
+        cache to train.cache_dir and fetches the hub kernels train.py loads at import)."""
+        cmd = python_command(self.settings.prepare_command)
+        return host.command(cmd, host.HERE / "launch.py", prepare=True) if self.settings.harness == "upstream" else cmd
+
+    def _describe(self, files: dict[str, bytes], digest: str) -> None:
+        """An upstream harness's layout, once per distinct harness (:func:`worker.upstream.host.describe`)."""
+        if self.settings.harness != "upstream" or self._layout.get("digest") == digest:
+            return
+        layout = host.describe(self.root / "describe", files, self.settings.editable or "train.py",
+                               {**os.environ, **self._env()}, worker=self.name)
+        self._layout = {**layout, "digest": digest}
+        if not layout.get("val_path"):
+            log.warning("%s: the harness names no validation shard (DATA_DIR/VAL_FILENAME): it cannot be hidden",
+                        self.name)
+
     def _trusted_verdict(self, job: dict[str, Any], files: dict[str, bytes], outcome: RunOutcome,
-                         summary: dict[str, Any], weights: Path, log_path: Path) -> tuple[str, str, Any, str]:
+                         summary: dict[str, Any], weights: Path, log_path: Path,
+                         launcher: Path | None = None) -> tuple[str, str, Any, str]:
         """(status, reason, val_bpb, log tail) of a run whose number comes from the trusted evaluator."""
         printed = summary.get("val_bpb")
         if isinstance(printed, (int, float)) and not isinstance(printed, bool) and math.isfinite(printed):
@@ -244,21 +287,25 @@ class Worker:
                     None, outcome.log_tail)
         if outcome.exit_code != 0 or outcome.status in (RunStatus.CRASH.value, RunStatus.TIMEOUT.value):
             return outcome.status, outcome.reason, None, outcome.log_tail  # its own failure is its result
-        if not weights.is_file():
-            return (RunStatus.NO_METRIC.value, "the trained weights were not handed over: train.py must score its "
-                    "model with prepare.evaluate_bpb(model, ...)", None, outcome.log_tail)
+        if missing := self._not_handed_over(weights, launcher):
+            return RunStatus.NO_METRIC.value, missing, None, outcome.log_tail
         s = self.settings
         eval_dir = self.root / "eval" / f"{job['id']}-a{job['attempt']}"
         shutil.rmtree(eval_dir, ignore_errors=True)
         eval_dir.mkdir(parents=True)
         write_tree(eval_dir, files)  # the commit's files, not the run directory the candidate could write
-        (eval_dir / EVAL_SCRIPT).write_bytes(TRUSTED_EVAL.read_bytes())
         out = eval_dir / "verdict.json"
+        if launcher is None:
+            (eval_dir / EVAL_SCRIPT).write_bytes(TRUSTED_EVAL.read_bytes())
+            cmd = ["python", EVAL_SCRIPT, "--weights", str(weights), "--out", str(out)]
+        else:
+            for name in host.SCRIPTS:
+                (eval_dir / name).write_bytes((launcher / name).read_bytes())
+            cmd = ["python", host.UPSTREAM_EVAL, "--handoff", str(weights), "--out", str(out)]
         ev = run_training(
-            python_command(["python", EVAL_SCRIPT, "--weights", str(weights), "--out", str(out)]), eval_dir,
-            log_path=log_path, budget_s=0.0, grace_s=float(s.grace), env_extra=self._env(),
-            isolate_network=bool(s.isolate_network), cancel=self._cancel,
-            readonly=[p for p in [self.cache_dir() / "tokenized"] if p.is_dir()],
+            python_command(cmd), eval_dir,
+            log_path=log_path, budget_s=0.0, grace_s=float(s.grace), env_extra={**self._env(), **self._offline()},
+            isolate_network=bool(s.isolate_network), cancel=self._cancel, readonly=self._frozen_data(),
         )
         try:
             verdict = json.loads(out.read_text()) if out.is_file() and ev.exit_code == 0 else None
@@ -280,6 +327,19 @@ class Worker:
             return RunStatus.NO_METRIC.value, f"trusted evaluation: {why}", None, ev.log_tail
         return RunStatus.OK.value, "", verdict["val_bpb"], outcome.log_tail
 
+    @staticmethod
+    def _not_handed_over(weights: Path, launcher: Path | None) -> str | None:
+        """Why there is nothing for the trusted evaluator to score, or None."""
+        if launcher is not None:
+            return host.not_handed_over(weights)
+        if weights.is_file():
+            return None
+        return "the trained weights were not handed over: train.py must score its model with prepare.evaluate_bpb(model, ...)"
+
+    def _offline(self) -> dict[str, str]:
+        """The switches that tell Hugging Face libraries there is no network (the sandbox has none)."""
+        return dict(OFFLINE) if self.settings.isolate_network else {}
+
     def cancel(self) -> None:
         """Kill the run in progress (its process tree); it reports status crash, reason cancelled."""
         self._cancel.set()
@@ -287,7 +347,9 @@ class Worker:
     def run(self, job: dict[str, Any], files: dict[str, bytes], harness_digest: str) -> dict[str, Any]:
         s = self.settings
         self._cancel.clear()
+        self._describe(files, harness_digest)  # first: an upstream harness's cache is where its prepare.py says
         self.prepare(files, harness_digest)
+        launcher = host.launcher_dir(self.root) if s.harness == "upstream" else None
         run_dir = self.root / "runs" / f"{job['id']}-a{job['attempt']}"
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
@@ -297,12 +359,20 @@ class Worker:
         started = time.time()
         trusted = bool(s.trusted_eval)
         editable = s.editable or "train.py"
-        weights = self.root / "handoff" / f"{job['id']}-a{job['attempt']}.pt"  # outside the run dir
-        env = self._env()
+        handoff = self.root / "handoff"
+        # outside the run dir: the farm harness's weights file; an upstream harness's hand-off prefix
+        weights = handoff / f"{job['id']}-a{job['attempt']}{'' if launcher else '.pt'}"
+        report = handoff / f"{job['id']}-a{job['attempt']}.report.json"
+        env = {**self._env(), **self._offline()}
         if job.get("seed") is not None:  # prepare.seed() reads it: a new draw for every measurement
             env[SEED_ENV] = str(int(job["seed"]))
-        data_before = self.data_state() if trusted else {}
-        scan = trusted and s.tripwire and editable in files  # tests turn it off to reach the layers behind
+        frozen_data = self._frozen_data()
+        if launcher is not None:
+            handoff.mkdir(parents=True, exist_ok=True)
+            report.unlink(missing_ok=True)
+            env.update(host.run_env(report, frozen_data))
+        data_before = self.data_state()
+        scan = s.tripwire and editable in files  # in every trust mode; tests turn it off to reach the layers behind
         warning = tripwire.check(files[editable].decode("utf-8", "replace")) if scan else None
         if warning:  # refused before it runs: no GPU time spent on it
             with open(log_path, "ab") as f:
@@ -312,29 +382,44 @@ class Worker:
         else:
             if trusted:
                 weights.parent.mkdir(parents=True, exist_ok=True)
-                weights.unlink(missing_ok=True)
+                for stale in (weights, *(Path(f"{weights}{x}") for x in host.HANDOFF_SUFFIXES)):
+                    stale.unlink(missing_ok=True)
                 env[HANDOFF_ENV] = str(weights)
             outcome = run_training(
-                python_command(s.command), run_dir,
+                host.command(python_command(s.command), launcher / host.LAUNCHER) if launcher else python_command(s.command),
+                run_dir,
                 log_path=log_path, budget_s=float(s.budget), grace_s=float(s.grace),
                 env_extra=env, isolate_network=bool(s.isolate_network), cancel=self._cancel,
                 hide=self.hidden_paths() if trusted else (),
                 disk_quota_bytes=int(s.disk_quota_gb * 2**30) if s.disk_quota_gb else None,
-                readonly=[p for p in [self.cache_dir() / "tokenized"] if trusted and p.is_dir()],
+                readonly=[*frozen_data, *([launcher] if launcher else [])],
             )
         summary = dict(outcome.summary or {})
         status, reason, tail = outcome.status, outcome.reason, outcome.log_tail
         containment = ",".join(outcome.containment) if not isinstance(outcome.containment, str) else outcome.containment
         train_wall = outcome.wall_seconds
+        seen = host.read_json(report) if launcher is not None else {}
+        if seen.get("governed_seconds") is not None:  # the training the budget governs (launch.py)
+            summary["farm_governed_seconds"] = train_wall = float(seen["governed_seconds"])
         tampered = frozen_tampering(run_dir, files, s.frozen or ())
         if tampered:  # whatever it printed, its number cannot be trusted
             status, reason = RunStatus.CHEAT.value, tampered
+        elif seen.get("cheat") and outcome.exit_code == upstream.CHEAT_EXIT:  # the launcher ended it
+            status, reason = RunStatus.CHEAT.value, str(seen["cheat"])
         elif trusted and status != RunStatus.CHEAT.value:
-            status, reason, val, tail = self._trusted_verdict(job, files, outcome, summary, weights, log_path)
+            status, reason, val, tail = self._trusted_verdict(job, files, outcome, summary, weights, log_path,
+                                                              launcher)
             summary["val_bpb"] = val
             containment = ",".join(filter(None, [containment, "trusted-eval"]))
-        weights.unlink(missing_ok=True)
-        if trusted and (changed := sorted({k for k, _ in self.data_state().items() ^ data_before.items()})):
+        elif launcher is not None and status == RunStatus.OK.value and (fake := host.unreturned(summary, seen)):
+            status, reason = RunStatus.CHEAT.value, fake
+        if not trusted and status != RunStatus.CHEAT.value:
+            containment = ",".join(filter(None, [containment, "printed-metric"]))
+        if scan:
+            containment = ",".join(filter(None, [containment, "tripwire"]))
+        for done in (weights, report, *(Path(f"{weights}{x}") for x in host.HANDOFF_SUFFIXES)):
+            done.unlink(missing_ok=True)
+        if (changed := sorted({k for k, _ in self.data_state().items() ^ data_before.items()})):
             status, reason = RunStatus.CHEAT.value, (
                 f"changed the prepared data ({', '.join(changed)[:300]}): every later run would be "
                 "scored on it; rebuild it with `python prepare.py --force`")

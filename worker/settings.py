@@ -23,7 +23,8 @@ class WorkerSettings:
     grace: float  # extra wall-clock seconds for start-up and evaluation before a kill
     prepare_command: Sequence[str] = ()  # run once per distinct frozen harness; () = none
     cache_dir: str = ""  # AUTORESEARCH_CACHE for prepare and train; "" = the worker's $AUTORESEARCH_CACHE, else
-    # $XDG_CACHE_HOME/autoresearch, else ~/.cache/autoresearch, on its node (as prepare.py resolves CACHE_DIR)
+    # $XDG_CACHE_HOME/autoresearch-farm, else ~/.cache/autoresearch-farm, on its node (as prepare.py resolves
+    # CACHE_DIR); an upstream-style harness: its own CACHE_DIR, moved here when set
     isolate_network: bool = False  # run candidates without network (an error where the OS cannot)
     env: Mapping[str, str] = field(default_factory=dict)  # extra environment for every run (train.env)
     cpu_threads: int = 0  # OMP_NUM_THREADS of a run; 0 = leave torch's default
@@ -32,5 +33,8 @@ class WorkerSettings:
     editable: str = "train.py"  # the file candidates change; what the tripwire reads
     trusted_eval: bool = False  # val_bpb from the worker's own evaluation of the handed-over weights
     disk_quota_gb: float = 0.0  # a run whose directory grows past this is killed (crash); 0 = none
+    harness: str = "farm"  # how the frozen harness is run: "farm" (the farm's own contract: the budget knob,
+    # prepare.seed(), build_model and the weight hand-off) or "upstream" (karpathy/autoresearch's shape: a
+    # TIME_BUDGET constant, module-level training, evaluate_bpb; run through worker/upstream_launch.py)
     tripwire: bool = True  # the static scan of a trusted run's editable file before it runs; tests and
     # benchmarks turn it off to reach the layers behind it; the farm never does

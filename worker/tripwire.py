@@ -78,8 +78,12 @@ FORBIDDEN = {
     **{f"{HARNESS}.{n}": f"uses {HARNESS}.{n} ({WHY_CACHE})"
        for n in ("CACHE_DIR", "tokenized_dir", "data_dir", "prepare_dataset", "collect_documents",
                  "iter_offline_docs", "iter_source_docs", "download_shard", "download_climbmix", "main")},
+    # ... and those of an upstream-style harness (karpathy/autoresearch's prepare.py)
+    **{f"{HARNESS}.{n}": f"uses {HARNESS}.{n} ({WHY_CACHE})"
+       for n in ("DATA_DIR", "TOKENIZER_DIR", "list_parquet_files", "download_data", "download_single_shard",
+                 "train_tokenizer", "text_iterator", "get_token_bytes")},
     **{f"{HARNESS}.{n}": f"uses {HARNESS}.{n} ({WHY_VAL})"
-       for n in ("val_pass_tokens", "check_val_split", "assign_split")},
+       for n in ("val_pass_tokens", "check_val_split", "assign_split", "VAL_FILENAME", "_document_batches")},
     **{f"{HARNESS}.{n}": f"uses {HARNESS}.{n} (interferes with the weight hand-off to the trusted evaluator)"
        for n in ("hand_off", "HANDOFF_ENV")},
 }

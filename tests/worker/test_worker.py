@@ -70,13 +70,22 @@ def test_a_restarted_worker_kills_what_its_predecessor_left_running(tmp_path):
         orphan.close()
 
 
+def test_the_tripwire_runs_without_trusted_evaluation_too(tmp_path):
+    w = Worker(settings(tmp_path, frozen=["prepare.py"]))
+    cheat = (FIXTURES / "scripted_train.py").read_text().replace(
+        "time.sleep(SLEEP)", "time.sleep(SLEEP)\nimport prepare\nprepare.evaluate_bpb = lambda *a: 0.1")
+    job = {"id": "j3", "cand": "c4", "commit": "abc", "attempt": 1, "purpose": "measure"}
+    r = w.run(job, {"train.py": cheat.encode(), "prepare.py": b"# frozen\n"}, harness_digest="d")["result"]
+    assert r["status"] == "cheat" and r["reason"].startswith("tripwire:") and "tripwire" in r["containment"]
+
+
 def test_python_means_the_farms_interpreter():
     assert python_command(["python", "train.py"]) == [sys.executable, "train.py"]
     assert python_command(["uv", "run", "train.py"]) == ["uv", "run", "train.py"]
 
 
 def test_a_run_that_rewrites_the_frozen_harness_is_recorded_as_cheat(tmp_path):
-    w = Worker(settings(tmp_path, frozen=["prepare.py"]))
+    w = Worker(settings(tmp_path, frozen=["prepare.py"], tripwire=False))  # the hash check, behind the tripwire
     cheat = (FIXTURES / "scripted_train.py").read_text().replace(
         "time.sleep(SLEEP)", "time.sleep(SLEEP)\nopen('prepare.py', 'w').write('def evaluate_bpb(*a): return 0.1\\n')")
     files = {"train.py": cheat.encode(), "prepare.py": b"# frozen\n"}
