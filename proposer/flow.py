@@ -49,6 +49,15 @@ LOGGERS = frozenset({"log", "logger", "logging", "_log", "_logger", "LOG", "LOGG
 LOG_METHODS = frozenset({"debug", "info", "warning", "warn", "error", "exception", "critical", "log"})
 DYNAMIC = frozenset({"globals", "locals", "vars", "eval", "exec"})
 _PRINT = "print"
+# summary keys the farm reads (the score, the judge's VRAM cap): a printout of one is the result, not chatter
+SCORED_KEYS = ("val_bpb", "peak_vram_mb")
+
+
+def _reports_a_score(call: ast.Call) -> bool:
+    """Whether a print call writes a summary line the farm reads (``f"val_bpb: {x}"``): a stand-in
+    whose metric is a formula of its constants prints its score, and those constants are real."""
+    texts = [n.value for a in call.args for n in ast.walk(a) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    return any(key in t for t in texts for key in SCORED_KEYS)
 
 
 @dataclass(frozen=True)
@@ -216,7 +225,7 @@ class _Analysis:
                 if node is parent.func:
                     return "real"
                 if self._is_print(parent):
-                    return "print"
+                    return "real" if _reports_a_score(parent) else "print"
                 if not self._is_pure(parent):
                     return "real"
             elif isinstance(parent, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and node is parent.value:

@@ -224,6 +224,8 @@ def test_print_only_constants_are_never_proposed() -> None:
         "def peak(default=PEAK_FLOPS):\n    return default\n",  # a default argument
         "state = {}\nstate[steady] = 1\n",  # a key of a store: the analysis does not see past it
         "print(globals()['DEPTH'])\n",  # names reached dynamically: nothing is print-only
+        "print(f'val_bpb: {1.0 - PEAK_FLOPS:.6f}')\n",  # printed as the score the farm reads: the result itself
+        "print('peak_vram_mb:', mfu)\n",  # ... or as the memory the judge caps
     ],
 )
 def test_a_constant_with_any_other_use_stays_proposable(tail: str) -> None:
