@@ -66,6 +66,17 @@ def checksum(model):
     return [float(p.detach().double().sum()) for p in model.state_dict().values() if p.is_floating_point()]
 
 
+def probe_failure(checks):
+    """Why the statelessness or causality probe failed (the cheat recorded), or None."""
+    if not (checks["stateless"] <= TOLERANCE_NATS and checks["weights_unchanged"]):
+        return (f"it changed while being evaluated (the same rows scored {checks['stateless']:.3g} nats "
+                f"apart; weights unchanged: {checks['weights_unchanged']})")
+    if not checks["causal"] <= TOLERANCE_NATS:
+        return (f"its predictions look ahead: replacing later tokens changed earlier losses by up to "
+                f"{checks['causal']:.3g} nats")
+    return None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Score one candidate's trained weights (run by the farm's worker).")
     ap.add_argument("--weights", required=True)
@@ -121,12 +132,8 @@ def main(argv=None):
     if touched := changed(trusted, snapshot(prepare, torch)):
         return verdict(cheat=f"the model's code changed the harness during evaluation: {', '.join(touched[:5])}",
                        checks=checks)
-    if not (checks["stateless"] <= TOLERANCE_NATS and checks["weights_unchanged"]):
-        return verdict(cheat=f"it changed while being evaluated (the same rows scored {checks['stateless']:.3g} nats "
-                             f"apart; weights unchanged: {checks['weights_unchanged']})", checks=checks)
-    if not checks["causal"] <= TOLERANCE_NATS:
-        return verdict(cheat=f"its predictions look ahead: replacing later tokens changed earlier losses by up to "
-                             f"{checks['causal']:.3g} nats", checks=checks)
+    if why := probe_failure(checks):
+        return verdict(cheat=why, checks=checks)
     return verdict(val_bpb=val_bpb, checks=checks)
 
 

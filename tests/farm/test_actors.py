@@ -101,7 +101,7 @@ def test_the_controller_loop_runs_in_the_named_actor_on_the_drivers_node(ray_loc
 
     def report(line: str) -> None:
         lines.append(line)
-        if "actor" not in seen:
+        if "actor" not in seen and line.startswith("run ca:"):  # the controller's first line (the pre-flight's come before it)
             actor = ray.get_actor("ca:controller", namespace=placement.NAMESPACE)
             seen["actor"] = ray.get(actor.where.remote())
             seen["names"] = farm_actor_names()

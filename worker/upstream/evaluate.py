@@ -106,16 +106,11 @@ def main(argv=None) -> int:
         "batch_size": B,
         "format": meta.get("format"),
     }
-    tol = farm_eval.TOLERANCE_NATS
     if touched := farm_eval.changed(trusted, farm_eval.snapshot(prepare, torch)):
         return verdict(cheat=f"the model's code changed the harness during evaluation: {', '.join(touched[:5])}",
                        checks=checks)
-    if not (checks["stateless"] <= tol and checks["weights_unchanged"]):
-        return verdict(cheat=f"it changed while being evaluated (the same rows scored {checks['stateless']:.3g} nats "
-                             f"apart; weights unchanged: {checks['weights_unchanged']})", checks=checks)
-    if not checks["causal"] <= tol:
-        return verdict(cheat=f"its predictions look ahead: replacing later tokens changed earlier losses by up to "
-                             f"{checks['causal']:.3g} nats", checks=checks)
+    if why := farm_eval.probe_failure(checks):
+        return verdict(cheat=why, checks=checks)
     return verdict(val_bpb=float(val_bpb), checks=checks)
 
 
