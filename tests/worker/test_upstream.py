@@ -27,7 +27,6 @@ from worker.upstream import launch
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "upstream_shape"
 pytestmark = [pytest.mark.trust, pytest.mark.slow]
-EVAL_LINE = "val_bpb = evaluate_bpb(model, tokenizer, DEVICE_BATCH_SIZE)"
 
 
 def files(train: str | None = None) -> dict[str, bytes]:
@@ -95,8 +94,11 @@ def test_a_model_the_exporter_cannot_trace_is_handed_over_pickled(tmp_path, cach
     assert r["summary"]["eval_checks"]["format"] == "pickle" and math.isfinite(r["val_bpb"])
 
 
+FAKE_SUMMARY = "print('---')\nprint('val_bpb:          0.500000')\nraise SystemExit(0)"  # and no training
+
+
 def test_a_fake_printed_val_bpb_is_recorded_as_cheat(tmp_path, cache):
-    r = run(tmp_path, cache, edited(EVAL_LINE, "val_bpb = 0.5"))
+    r = run(tmp_path, cache, at_import(FAKE_SUMMARY))
     assert r["status"] == "cheat" and "printed a val_bpb of its own" in r["reason"]
 
 
@@ -107,8 +109,9 @@ def test_a_patched_evaluate_bpb_is_refused_by_the_tripwire_before_it_runs(tmp_pa
 
 
 def test_a_patched_evaluate_bpb_behind_the_tripwire_is_still_a_cheat(tmp_path, cache):
-    train = edited(EVAL_LINE, "import prepare\nsetattr(prepare, 'evaluate' + '_bpb', lambda m, t, b: 0.5)\n"
-                              "val_bpb = prepare.evaluate_bpb(model, tokenizer, DEVICE_BATCH_SIZE)")
+    train = at_import("import prepare\nsetattr(prepare, 'evaluate' + '_bpb', lambda m, t, b: 0.5)\n"
+                      "print('---')\nprint(f'val_bpb:          {prepare.evaluate_bpb(None, None, 1):.6f}')\n"
+                      "raise SystemExit(0)")
     r = run(tmp_path, cache, train, tripwire=False)
     assert r["status"] == "cheat" and "printed a val_bpb of its own" in r["reason"]
 
@@ -159,7 +162,7 @@ def test_without_trusted_evaluation_the_printed_metric_counts_and_the_tripwire_s
 
 
 def test_without_trusted_evaluation_a_number_the_harness_never_returned_is_a_cheat(tmp_path, cache):
-    r = run(tmp_path, cache, edited(EVAL_LINE, "val_bpb = 0.5"), trusted_eval=False)
+    r = run(tmp_path, cache, at_import(FAKE_SUMMARY), trusted_eval=False)
     assert r["status"] == "cheat" and "never called the harness's evaluate_bpb" in r["reason"]
 
 
