@@ -114,8 +114,11 @@ class ProposerSettings:
     backoff: float = 2.0  # first retry delay in seconds (doubles)
     price_per_mtok_in: float = 0.0  # USD per million prompt tokens, for cost accounting
     price_per_mtok_out: float = 0.0  # USD per million completion tokens
-    # agent
-    agent_command: tuple[str, ...] = ("opencode", "run", "{prompt}")  # also {prompt_file}, {workdir}
+    # agent (model, base_url, api_key_env and the prices above reach it too)
+    agent: str = "opencode"  # opencode | codex | claude (presets: command, env, generated config) | custom
+    agent_command: tuple[str, ...] = ()  # () = the preset's command; else this template ({prompt}, {prompt_file},
+    # {workdir}, {model}); with agent = "custom" the only thing run
+    agent_env: dict[str, str] = field(default_factory=dict)  # extra environment for the agent (never for training)
     agent_timeout: float = 1800.0  # seconds before an agent run is killed
     agent_files: tuple[str, ...] = ("prepare.py",)  # files copied next to train.py for the agent to read
 
@@ -148,6 +151,7 @@ _CHOICES = {
     "store.appendfsync": ("always", "everysec"),
     "train.harness": ("auto", "farm", "upstream"),
     "proposer.kind": ("mutate", "llm", "agent"),
+    "proposer.agent": ("opencode", "codex", "claude", "custom"),
     "proposer.fallback": ("mutate", ""),
     "proposer.profile": ("auto", "gpu", "cpu"),
 }

@@ -12,8 +12,10 @@ the run ended.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
+import os
 import signal
 import subprocess
 import time
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from cluster.config import FarmConfig
-from cluster.errors import FarmError, RepoError, RunFailed
+from cluster.errors import ConfigError, FarmError, RepoError, RunFailed
 from cluster.preflight import PreflightRefused, preflight
 from cluster.store.server import EmbeddedRedis, check_exposure, connect
 from cluster.repo import FarmRepo, main_branch
@@ -119,6 +121,15 @@ def _proposer_inputs(cfg: FarmConfig, ctx: RunContext, report: Callable[[str], N
             files[path] = ctx.repo.read_file(start, path)
         except RepoError:
             report(f"warning: proposer.agent_files names {path}, which is not in the repository")
+    if "agent" in (cfg.proposer.kind, *cfg.proposer.mix):
+        from proposer.agent import start_notes
+
+        try:
+            notes = start_notes(dataclasses.asdict(cfg.proposer))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        for note in notes:
+            report(f"warning: {note}")
     return program, files
 
 
@@ -183,7 +194,8 @@ def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], N
         profile = cfg.proposer.profile if cfg.proposer.profile != "auto" else ("gpu" if gpu else "cpu")
         workers = placement.start_workers(cfg, ctx.tag, str(ctx.run_dir.resolve() / "workers"))
         stack.callback(placement.stop_workers, workers)
-        proposer = proposer_actor.start_proposer(cfg, ctx.tag, profile, *_proposer_inputs(cfg, ctx, report))
+        proposer = proposer_actor.start_proposer(cfg, ctx.tag, profile, *_proposer_inputs(cfg, ctx, report),
+                                                 watch=(str(ctx.repo_path), os.getcwd()))
         stack.callback(placement.kill_actors, [proposer])
         ctrl, where = controller_actor.start_controller(cfg, ctx.tag, str(ctx.repo_path), ctx.redis_url,
                                                 str(ctx.run_dir.resolve()), workers, proposer)

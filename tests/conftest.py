@@ -69,3 +69,19 @@ def redis_client(tmp_path_factory):
         r.close()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def agent_clis():
+    """The real coding-agent CLIs (opencode, codex; npm, pinned in tests/agentkit.py), installed
+    beforehand by `python -m tests.agentkit install` (.ci/run does it before the tests go offline).
+    Absent: skipped, naming that command; in CI (CI set) absent is a failure, never a silent skip."""
+    from tests import agentkit
+
+    clis, why = agentkit.find_clis()
+    if clis is None:
+        msg = f"the coding-agent CLIs are not installed ({why}); install them with `{agentkit.INSTALL_COMMAND}`"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return clis

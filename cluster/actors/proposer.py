@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import ray
 
@@ -34,12 +34,14 @@ class ProposerActor:
 
 
 def start_proposer(cfg: FarmConfig, tag: str, profile: str, program: str = "",
-                   files: dict[str, str] | None = None) -> Any:
+                   files: dict[str, str] | None = None, watch: Sequence[str] = ()) -> Any:
     """The proposer actor. The LLM's API key goes to it alone (never to workers, never into a
-    record), from the driver's environment, since an actor on another node does not inherit it."""
+    record), from the driver's environment, since an actor on another node does not inherit it.
+    ``watch``: the user's directories (the target repository, where the farm was started) an agent
+    must leave alone; the agent proposer fingerprints them around every run, where they exist."""
     settings = dataclasses.asdict(cfg.proposer)
     settings.update(profile=profile, editable=cfg.run.editable, program=program, files=files or {},
-                    near_miss_bpb=cfg.judge.default_noise)
+                    near_miss_bpb=cfg.judge.default_noise, watch=list(watch))
     options: dict[str, Any] = {"name": f"{tag}:proposer", "num_cpus": 0, "namespace": NAMESPACE, "max_restarts": -1}
     key = os.environ.get(cfg.proposer.api_key_env, "")
     secrets = {cfg.proposer.api_key_env: key} if key else {}

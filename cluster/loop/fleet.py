@@ -193,6 +193,7 @@ class ProposerCalls:
         self.handle = handle
         self.round: Any = None  # pending propose() call
         self.repairs: dict[Any, str] = {}  # pending repair ref -> crashed candidate id
+        self._status: Any = None  # pending status() call, queued behind the round it reports on
 
     @property
     def asking(self) -> bool:
@@ -200,6 +201,23 @@ class ProposerCalls:
 
     def ask(self, n: int, history: Any) -> None:
         self.round = self.handle.propose.remote(n, history)
+        if self._status is None:
+            try:  # the actor runs one call at a time: this one answers once the round is done
+                self._status = self.handle.status.remote()
+            except AttributeError:  # a proposer without status() (a test's scripted one)
+                self._status = None
+
+    def status(self) -> dict[str, Any] | None:
+        """The proposer's status() (its last error, its usage) as of its latest round, once it has
+        come back; None until then, or when it could not be had."""
+        if self._status is None or not ray.wait([self._status], timeout=0)[0]:
+            return None
+        ref, self._status = self._status, None
+        try:
+            got = ray.get(ref)
+        except ray.exceptions.RayError:
+            return None
+        return got if isinstance(got, dict) else None
 
     def answer(self) -> tuple[bool, list[Any], str]:
         """(whether the round came back, its proposals, why it failed)."""

@@ -47,6 +47,7 @@ class Intake:
         self.dry = 0
         self._inbox_read = 0.0
         self._budget_spent = False  # max_experiments candidates proposed: the proposer is not asked again
+        self._last_error: tuple[Any, Any] = (None, None)  # the proposer's last error, as last reported
         # the proposer's history, kept up to date incrementally (see history())
         self._seen: dict[str, Candidate] = {}  # every candidate, as last read
         self._seq = 0.0  # creation sequence of the last candidate read
@@ -64,6 +65,7 @@ class Intake:
         self._read_inbox()
         self._collect_repairs()
         self._collect_proposals()
+        self._proposer_status()
         if not stopping:
             self.ask()
 
@@ -98,6 +100,19 @@ class Intake:
         # rounds without one sound proposal (none, or all refused) mean a proposer out of ideas, or
         # one that keeps failing validation: after DRY_ROUNDS of them it is no longer asked
         self.dry = 0 if admitted else self.dry + 1
+
+    def _proposer_status(self) -> None:
+        """The proposer's latest error (an endpoint down, an agent that failed) into the run's record,
+        where `autoresearch-farm status` shows it, and said once when it is new."""
+        st = self.proposer.status()
+        if not st:
+            return
+        error, at = st.get("last_error"), st.get("last_error_at")
+        if not error or (error, at) == self._last_error:
+            return
+        self._last_error = (error, at)
+        self.report(f"the proposer reports: {error}")
+        self.store.update_run(proposer={"last_error": error, "last_error_at": at, "usage": st.get("usage") or {}})
 
     # ------------------------------------------------------------------ admission
 

@@ -2,7 +2,8 @@
 
 The dictionary: the run's status and how it ended, the baseline's and the main line's mean val_bpb
 (each from its own line measurements), candidates by state, the queue, the running jobs, the live
-workers and the controller, the merged candidates, the run's cost, and the noise floor the judge
+workers and the controller, the merged candidates, the run's cost, the proposer's last error (an
+endpoint down, an agent that failed, with its output's tail), and the noise floor the judge
 works with (per accelerator: measured from the main line's seed-varied repeats, or the prior).
 """
 
@@ -71,7 +72,7 @@ def status_dict(store: Store) -> dict[str, Any]:
         "experiments_measured": len({r.cand for r in results}), "measurements": len(results),
         "refused_late_results": len(store.refused()), "merged": board, "why_ended": meta.get("why"),
         "cost": costs(store), "workers": store.live_workers(), "controller": meta.get("controller"),
-        "noise": noise_floor(meta, lineage), "harness": meta.get("harness"),
+        "noise": noise_floor(meta, lineage), "harness": meta.get("harness"), "proposer": meta.get("proposer"),
     }
 
 
@@ -103,6 +104,13 @@ def format_status(s: dict[str, Any], now: float | None = None) -> str:
         out.append("workers: " + ", ".join(f"{n} ({w.get('accelerator', '?')}, seen {now - w['at']:.0f}s ago)"
                                            for n, w in sorted(s["workers"].items())))
     out += _noise_lines(s.get("noise") or {})
+    error = (s.get("proposer") or {}).get("last_error")
+    if error:  # an endpoint down, an agent that failed: its first line, then its output's tail
+        at = (s.get("proposer") or {}).get("last_error_at")
+        when = f" at {time.strftime('%H:%M:%S', time.localtime(at))}" if isinstance(at, (int, float)) else ""
+        first, *rest = str(error).splitlines() or [""]
+        out.append(f"proposer: last error{when}: {first}")
+        out += [f"  | {ln}" for ln in rest]
     for m in s["merged"]:
         bpb = f"{m['val_bpb']:.6f}" if m["val_bpb"] is not None else "(being measured)"
         out.append(f"  {m['commit']} {bpb} {m['cand']} {m['description']}")
