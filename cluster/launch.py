@@ -106,7 +106,7 @@ def open_run(cfg: FarmConfig, stack: ExitStack, *, tag: str | None = None, keep_
 
 def _proposer_inputs(cfg: FarmConfig, ctx: RunContext, report: Callable[[str], None]) -> tuple[str, dict[str, str]]:
     """The research program and the files an LLM or agent reads, from the run's start commit."""
-    if cfg.proposer.kind == "mutate":
+    if cfg.proposer.kind == "mutate" and not set(cfg.proposer.mix) - {"mutate"}:  # a mix may bring in an llm or agent
         return "", {}
     start = ctx.repo.resolve("HEAD")
     try:

@@ -507,3 +507,23 @@ def test_a_round_and_a_rebase_leave_the_user_checkout_alone(farm: FarmRepo, targ
     assert out.status is RebaseStatus.REBASED and len(count_git()) <= 3, "merge-file, worktree, update-ref"
     assert farm.rebase_candidate(b.sha, win.sha, candidate_branch("t", "c0003")).status is RebaseStatus.CONFLICT
     assert snapshot(target) == before
+
+
+def test_a_mix_with_an_llm_share_gets_the_research_program_even_when_its_kind_is_mutate(tmp_path):
+    from contextlib import ExitStack
+
+    from cluster.config import FarmConfig
+    from cluster.launch import RunContext, _proposer_inputs, open_repo
+    from tests.farmkit import git, make_repo
+
+    target = make_repo(tmp_path / "t")
+    (target / "program.md").write_text("# the program\n")
+    git(target, "add", "program.md")
+    git(target, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "program")
+    cfg = FarmConfig().with_overrides({"run.repo": str(target), "proposer.mix": {"mutate": 0.5, "llm": 0.5}})
+    with ExitStack() as stack:
+        ctx = RunContext(cfg, "t", open_repo(cfg, stack), None, tmp_path, "", target)
+        program, files = _proposer_inputs(cfg, ctx, lambda line: None)
+        alone = _proposer_inputs(cfg.with_overrides({"proposer.mix": {}}), ctx, lambda line: None)
+    assert program == "# the program\n" and "prepare.py" in files
+    assert alone == ("", {})  # the offline search alone reads neither
