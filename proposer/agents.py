@@ -132,6 +132,10 @@ def launch(agent: str, command: Sequence[str], home: Path, *, model: str = "", b
             lines += [f'model_provider = "{PROVIDER}"', "", f"[model_providers.{PROVIDER}]",
                       'name = "autoresearch-farm endpoint"', f"base_url = {_toml(base_url)}",
                       'wire_api = "responses"'] + ([f"env_key = {_toml(api_key_env)}"] if api_key_env else [])
+            # a dead endpoint: codex 0.171 otherwise reconnects for ever ("Reconnecting... waiting for network");
+            # with these it exits 1 in about 3 s
+            lines += ["request_max_retries = 2", "stream_max_retries = 2", "", "[features]",
+                      "unbounded_connection_retries = false"]
         # workspace-write may write the workspace, /tmp and $TMPDIR: the scratch copy alone, here
         lines += ["", "[sandbox_workspace_write]", "exclude_slash_tmp = true", "exclude_tmpdir_env_var = true",
                   "network_access = false"]

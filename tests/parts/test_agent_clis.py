@@ -181,10 +181,12 @@ def test_codex_applies_a_patch_to_train_py(agent_clis, scratch, user_repo, tmp_p
 
 # --- failures: an endpoint that is down, a script that finishes without editing --------------------
 
-@pytest.mark.parametrize("preset", ["opencode", "codex"])
+@pytest.mark.parametrize("preset", ["codex"])
 def test_a_down_endpoint_fails_the_cli_in_bounded_time(agent_clis, scratch, tmp_path, preset):
-    """Connection refused: codex (2 retries, as cli_files configures it) gives up in ~3 s; opencode's
-    session retry is fixed in its code (5 retries, 2 s doubling: ~60-75 s) and cannot be shortened."""
+    """Connection refused: codex (2 retries, as cli_files configures it) gives up in ~3 s. opencode's
+    session retry is fixed in its code (5 retries, 2 s doubling: 69-76 s measured) and cannot be
+    shortened; it is not run here (70 s of the suite), and the farm checks that the endpoint answers
+    before it starts either CLI (tests/farm/test_agent_farm.py)."""
     run = run_cli(preset, scratch, PROMPT, down_url(), clis=agent_clis, home=tmp_path / "home",
                   model=MODEL, api_key=KEY, timeout=agentkit.DOWN_TIMEOUT[preset])
     assert run.returncode is not None, f"still running after {run.elapsed:.0f}s:\n{run.log}"

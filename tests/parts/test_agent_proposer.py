@@ -500,7 +500,9 @@ def test_the_codex_preset(tmp_path):
     assert cfg["model"] == "gpt-5-codex" and cfg["model_provider"] == "farm"
     assert cfg["model_providers"]["farm"] == {"name": "autoresearch-farm endpoint",
                                               "base_url": "https://api.example.com/v1", "wire_api": "responses",
-                                              "env_key": "FARM_KEY"}
+                                              "env_key": "FARM_KEY", "request_max_retries": 2,
+                                              "stream_max_retries": 2}
+    assert cfg["features"] == {"unbounded_connection_retries": False}  # else a dead endpoint hangs it for ever
     assert cfg["sandbox_workspace_write"] == {"exclude_slash_tmp": True, "exclude_tmpdir_env_var": True,
                                               "network_access": False}
 
