@@ -66,6 +66,35 @@ def checksum(model):
     return [float(p.detach().double().sum()) for p in model.state_dict().values() if p.is_floating_point()]
 
 
+def score_and_probe(model, x, y, vocab, weights, losses, evaluate):
+    """``evaluate()`` between two looks at the same rows ``x``/``y`` (``losses(x, y)``: every target's
+    nats), then one more look with the second half of each row replaced by random tokens. Returns the
+    score and the checks: causal (earlier losses unmoved by later tokens), stateless (the rows score
+    the same after the evaluation), weights unchanged (``weights``: the checksum taken before)."""
+    import torch
+
+    half = x.size(1) // 2
+    first = losses(x, y)
+    value = evaluate()
+    again = losses(x, y)
+    noise = torch.randint(0, vocab, (x.size(0), x.size(1) - half), generator=torch.Generator().manual_seed(0))
+    perturbed = x.clone()
+    perturbed[:, half:] = noise.to(x.device)
+    probe = losses(perturbed, y)
+    return value, {
+        "causal": float((probe[:, :half] - first[:, :half]).abs().max()),
+        "stateless": float((again - first).abs().max()),
+        "weights_unchanged": checksum(model) == weights,
+    }
+
+
+def after_scoring(checks, trusted, prepare, torch):
+    """Why a scored model is a cheat after all (the harness changed while it ran, a probe failed), or None."""
+    if touched := changed(trusted, snapshot(prepare, torch)):
+        return f"the model's code changed the harness during evaluation: {', '.join(touched[:5])}"
+    return probe_failure(checks)
+
+
 def probe_failure(checks):
     """Why the statelessness or causality probe failed (the cheat recorded), or None."""
     if not (checks["stateless"] <= TOLERANCE_NATS and checks["weights_unchanged"]):
@@ -115,24 +144,11 @@ def main(argv=None):
                 else torch.autocast("cpu", enabled=False))
     x, y, _ = next(prepare.make_dataloader(tokenizer, CHECK_ROWS, T, "val", device=device))
     with torch.no_grad(), autocast:
-        first = prepare.target_nats(model, x, y, vocab)
-        val_bpb = prepare.evaluate_bpb(model, tokenizer, batch)
-        again = prepare.target_nats(model, x, y, vocab)
-        half = T // 2
-        noise = torch.randint(0, vocab, (x.size(0), T - half), generator=torch.Generator().manual_seed(0))
-        perturbed = x.clone()
-        perturbed[:, half:] = noise.to(device)
-        probe = prepare.target_nats(model, perturbed, y, vocab)
-    checks = {
-        "causal": float((probe[:, :half] - first[:, :half]).abs().max()),
-        "stateless": float((again - first).abs().max()),
-        "weights_unchanged": checksum(model) == weights,
-        "batch_size": batch,
-    }
-    if touched := changed(trusted, snapshot(prepare, torch)):
-        return verdict(cheat=f"the model's code changed the harness during evaluation: {', '.join(touched[:5])}",
-                       checks=checks)
-    if why := probe_failure(checks):
+        val_bpb, checks = score_and_probe(model, x, y, vocab, weights,
+                                          lambda a, b: prepare.target_nats(model, a, b, vocab),
+                                          lambda: prepare.evaluate_bpb(model, tokenizer, batch))
+    checks["batch_size"] = batch
+    if why := after_scoring(checks, trusted, prepare, torch):
         return verdict(cheat=why, checks=checks)
     return verdict(val_bpb=val_bpb, checks=checks)
 

@@ -91,25 +91,11 @@ def main(argv=None) -> int:
     vocab = tokenizer.get_vocab_size()
     x, y, *_ = next(prepare.make_dataloader(tokenizer, B, T, "val"))
     with torch.no_grad(), autocast(torch, meta.get("autocast") or {}):
-        first = target_losses(model, x, y)
-        val_bpb = prepare.evaluate_bpb(model, tokenizer, B)
-        again = target_losses(model, x, y)
-        half = T // 2
-        noise = torch.randint(0, vocab, (B, T - half), generator=torch.Generator().manual_seed(0))
-        perturbed = x.clone()
-        perturbed[:, half:] = noise.to(x.device)
-        probe = target_losses(model, perturbed, y)
-    checks = {
-        "causal": float((probe[:, :half] - first[:, :half]).abs().max()),
-        "stateless": float((again - first).abs().max()),
-        "weights_unchanged": farm_eval.checksum(model) == weights,
-        "batch_size": B,
-        "format": meta.get("format"),
-    }
-    if touched := farm_eval.changed(trusted, farm_eval.snapshot(prepare, torch)):
-        return verdict(cheat=f"the model's code changed the harness during evaluation: {', '.join(touched[:5])}",
-                       checks=checks)
-    if why := farm_eval.probe_failure(checks):
+        val_bpb, checks = farm_eval.score_and_probe(model, x, y, vocab, weights,
+                                                    lambda a, b: target_losses(model, a, b),
+                                                    lambda: prepare.evaluate_bpb(model, tokenizer, B))
+    checks |= {"batch_size": B, "format": meta.get("format")}
+    if why := farm_eval.after_scoring(checks, trusted, prepare, torch):
         return verdict(cheat=why, checks=checks)
     return verdict(val_bpb=float(val_bpb), checks=checks)
 
