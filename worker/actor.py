@@ -206,9 +206,9 @@ class Worker:
         env.update(self._env())
         log_path = self.root / "logs" / f"prepare-{digest[:12]}.log"
         t0 = time.time()
-        code, tail, output = run_prepare(lambda: self._prepare_command(files), where, env, log_path=log_path,
-                                         lock_path=cache / ".farm-prepare.lock", cancel=self._cancel,
-                                         max_bytes=MAX_LOG_BYTES)
+        code, tail, output = run_prepare(  # the command is built under the lock: one that cannot be is its failure
+            lambda: self._command(self.settings.prepare_command, host.HERE / "launch.py", prepare=True), where, env,
+            log_path=log_path, lock_path=cache / ".farm-prepare.lock", cancel=self._cancel, max_bytes=MAX_LOG_BYTES)
         if code != 0:
             log.error("%s: the prepare command failed (exit %s); its log: %s", self.name, code, log_path)
             raise PrepareFailed(self.name, socket.gethostname(), list(self.settings.prepare_command), code,
@@ -256,11 +256,11 @@ class Worker:
         cache = self.cache_dir()
         return sorted(cache.glob("tokenized/*/val*")) + [p for p in [cache / "data"] if p.is_dir()]
 
-    def _prepare_command(self, files: dict[str, bytes]) -> list[str]:
-        """The prepare command as run; an upstream-style harness's through the launcher (which moves its
-        cache to train.cache_dir and fetches the hub kernels train.py loads at import)."""
-        cmd = python_command(self.settings.prepare_command)
-        return host.command(cmd, host.HERE / "launch.py", prepare=True) if self.settings.harness == "upstream" else cmd
+    def _command(self, cmd: Sequence[str], launcher: Path | None, *, prepare: bool = False) -> list[str]:
+        """``cmd`` as run; an upstream-style harness's through ``launcher`` (which moves its cache to
+        train.cache_dir; for the prepare step it also fetches the hub kernels train.py loads at import)."""
+        cmd = python_command(cmd)
+        return host.command(cmd, launcher, prepare=prepare) if launcher and self.settings.harness == "upstream" else cmd
 
     def _describe(self, files: dict[str, bytes], digest: str) -> None:
         """An upstream harness's layout, once per distinct harness (:func:`worker.upstream.host.describe`)."""
@@ -382,12 +382,11 @@ class Worker:
         else:
             if trusted:
                 weights.parent.mkdir(parents=True, exist_ok=True)
-                for stale in (weights, *(Path(f"{weights}{x}") for x in host.HANDOFF_SUFFIXES)):
+                for stale in host.handoff_files(weights):
                     stale.unlink(missing_ok=True)
                 env[HANDOFF_ENV] = str(weights)
             outcome = run_training(
-                host.command(python_command(s.command), launcher / host.LAUNCHER) if launcher else python_command(s.command),
-                run_dir,
+                self._command(s.command, launcher / host.LAUNCHER if launcher else None), run_dir,
                 log_path=log_path, budget_s=float(s.budget), grace_s=float(s.grace),
                 env_extra=env, isolate_network=bool(s.isolate_network), cancel=self._cancel,
                 hide=self.hidden_paths() if trusted else (),
@@ -417,7 +416,7 @@ class Worker:
             containment = ",".join(filter(None, [containment, "printed-metric"]))
         if scan:
             containment = ",".join(filter(None, [containment, "tripwire"]))
-        for done in (weights, report, *(Path(f"{weights}{x}") for x in host.HANDOFF_SUFFIXES)):
+        for done in (report, *host.handoff_files(weights)):
             done.unlink(missing_ok=True)
         if (changed := sorted({k for k, _ in self.data_state().items() ^ data_before.items()})):
             status, reason = RunStatus.CHEAT.value, (

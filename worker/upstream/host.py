@@ -36,6 +36,12 @@ SCRIPTS = {LAUNCHER: HERE / "launch.py", UPSTREAM_EVAL: HERE / "evaluate.py",
 HANDOFF_SUFFIXES = (".pt2", ".pkl", ".json")  # the exported program, the pickled model, their meta
 
 
+def handoff_files(weights: Path) -> list[Path]:
+    """Every file a hand-off at ``weights`` may leave: the farm harness's weights file itself, or the
+    launcher's exported program, pickled model and their meta under that prefix."""
+    return [weights, *(Path(f"{weights}{x}") for x in HANDOFF_SUFFIXES)]
+
+
 def launcher_dir(root: Path) -> Path:
     where = root / "launcher"
     shutil.rmtree(where, ignore_errors=True)
