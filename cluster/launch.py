@@ -162,6 +162,7 @@ def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], N
     import ray
 
     from cluster.actors import controller as controller_actor, placement, proposer as proposer_actor
+    from cluster.loop.fleet import cause_of
 
     with ExitStack() as stack:
         ctx = open_run(cfg, stack, keep_alive=True)
@@ -223,7 +224,7 @@ def run_farm(cfg: FarmConfig, *, resume: bool = False, report: Callable[[str], N
             raise FarmError(f"the controller of run {ctx.tag} (actor {ctx.tag}:controller, pid {where['pid']}) "
                             f"died; `--resume` continues the run") from None
         except BaseException as e:  # recorded, so `status` says so and the embedded Redis is not kept for it
-            cause = e.cause if isinstance(e, ray.exceptions.RayTaskError) and e.cause is not None else e
+            cause = cause_of(e)
             if isinstance(cause, RunFailed):  # a run-level error: its message is the record, whole (`status` shows it)
                 ctx.store.update_run(status="failed", ended=time.time(), why=str(cause)[:WHY_CHARS])
                 raise cause from None

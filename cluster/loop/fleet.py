@@ -26,12 +26,17 @@ WORKER_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedErr
 ERROR_CHARS = 600  # of a failed call's error, in the loop's lines and the job's record
 
 
+def cause_of(e: BaseException) -> BaseException:
+    """The error raised inside the actor, where Ray wrapped it (RayTaskError.cause); else ``e`` itself."""
+    return e.cause if isinstance(e, ray.exceptions.RayTaskError) and e.cause is not None else e
+
+
 def failure(e: BaseException) -> str:
     """A failed worker call in one line that ends in what went wrong. Ray's own text of an error
     raised inside the actor starts with the actor's repr and the remote traceback, so a cut of it
     keeps the noise and loses the message: the error the worker raised is said instead, and the end
     of a long message is kept, where Python puts the line that says what happened."""
-    cause = e.cause if isinstance(e, ray.exceptions.RayTaskError) and e.cause is not None else e
+    cause = cause_of(e)
     text = " ".join(str(cause).split())
     if len(text) > ERROR_CHARS:
         text = "..." + text[-ERROR_CHARS:]
@@ -111,7 +116,7 @@ class Fleet:
             try:
                 done.append(Finished(name, flight, ray.get(ref)))
             except WORKER_FAILURES as e:
-                cause = e.cause if isinstance(e, ray.exceptions.RayTaskError) else None
+                cause = cause_of(e)
                 if isinstance(cause, PrepareFailed):
                     done.append(Finished(name, flight, None, str(cause), prepare_failed=cause))
                 else:
