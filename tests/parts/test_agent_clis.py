@@ -85,16 +85,22 @@ def _assert_sent(server: AgentServer, api: str, tools: set[str]) -> None:
     assert agent and tools <= set(agent[0].tools), agent[0].tools
 
 
-# --- opencode: chat completions, its read and edit tools ------------------------------------------
-
-def test_opencode_edits_train_py_with_its_edit_tool(agent_clis, scratch, user_repo, tmp_path):
+def _edit_in_scratch(preset: str, clis, scratch: Path, user_repo: Path, tmp_path: Path):
+    """One scripted edit of train.py by the real ``preset`` CLI in the scratch copy: it exits 0, the
+    scratch copy holds exactly the edit, the user's repository is as it was. Returns (run, server)."""
     before = _files(user_repo)
-    with AgentServer(opencode_edit(OLD, NEW, DESCRIPTION)) as server:
-        run = run_cli("opencode", scratch, PROMPT, server, clis=agent_clis, home=tmp_path / "home",
-                      model=MODEL, api_key=KEY)
+    with AgentServer((opencode_edit if preset == "opencode" else codex_edit)(OLD, NEW, DESCRIPTION)) as server:
+        run = run_cli(preset, scratch, PROMPT, server, clis=clis, home=tmp_path / "home", model=MODEL, api_key=KEY)
     assert run.returncode == 0, run.log
     assert _files(scratch) == {"train.py": EDITED, "prepare.py": PREPARE, "program.md": PROGRAM}, run.log
     assert _files(user_repo) == before
+    return run, server
+
+
+# --- opencode: chat completions, its read and edit tools ------------------------------------------
+
+def test_opencode_edits_train_py_with_its_edit_tool(agent_clis, scratch, user_repo, tmp_path):
+    run, server = _edit_in_scratch("opencode", agent_clis, scratch, user_repo, tmp_path)
 
     # its JSON events: the tool calls ran, the last text carries the DESCRIPTION, the tokens add up
     tools = [(e["part"]["tool"], e["part"]["state"]["status"]) for e in run.events if e.get("type") == "tool_use"]
@@ -155,13 +161,7 @@ def test_codex_with_an_inherited_pwd_still_edits_its_cwd(agent_clis, scratch, us
 # --- codex: the Responses API, apply_patch through exec_command ------------------------------------
 
 def test_codex_applies_a_patch_to_train_py(agent_clis, scratch, user_repo, tmp_path):
-    before = _files(user_repo)
-    with AgentServer(codex_edit(OLD, NEW, DESCRIPTION)) as server:
-        run = run_cli("codex", scratch, PROMPT, server, clis=agent_clis, home=tmp_path / "home",
-                      model=MODEL, api_key=KEY)
-    assert run.returncode == 0, run.log
-    assert _files(scratch) == {"train.py": EDITED, "prepare.py": PREPARE, "program.md": PROGRAM}, run.log
-    assert _files(user_repo) == before
+    run, server = _edit_in_scratch("codex", agent_clis, scratch, user_repo, tmp_path)
 
     changes = [e["item"] for e in run.events
                if e.get("type") == "item.completed" and e.get("item", {}).get("type") == "file_change"]
