@@ -84,6 +84,25 @@ class JudgeSettings:
     max_vram_mb: float = 0.0  # soft cap on peak VRAM; 0 = none
     max_overtime: float = 0.2  # training that outlasts the main line's by this fraction (and 5 s) is a cheat; 0 = off
     noise_prior_df: float = 4.0  # weight (degrees of freedom) of default_noise in the pooled noise estimate
+    # early cut (cluster/loop/cut.py): off, because no rule met the bar when measured (docs/BENCHMARKS.md,
+    # "Early cut (loss curves)"), and not enforced by the workers yet, so `true` is refused
+    early_cut: bool = False  # stop a run whose training loss at early_cut_progress is clearly above the main line's
+    early_cut_progress: float = 0.2  # the checkpoint: the fraction of the training budget spent
+    early_cut_threshold: float = 0.02  # cut above the main line's mean loss there * (1 + this)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How many workers shorten the path of a merge (cluster/loop/plan.py; docs/BENCHMARKS.md measures each)."""
+
+    combine: bool = True  # winners of one judging pass are also measured combined; the combination merges if best
+    combine_max: int = 4  # winners combined into one candidate at most
+    near_miss: float = 0.5  # a discarded candidate that beat the line by this share of its margin may be combined
+    speculate: bool = True  # while a winner is confirmed, new candidates run on top of it (the frontier)
+    early_line_runs: bool = True  # a winner's own main-line runs start beside its confirmation, not after its merge
+    preempt_seconds: float = 30.0  # a first look younger than this gives its worker to a waiting confirmation or
+    # line run, or to the frontier when the work moved on (it goes back to the queue; 0 = never)
+    min_workers: int = 4  # speculation, early line runs and preemption only from this many workers on
 
 
 @dataclass(frozen=True)
@@ -130,6 +149,7 @@ class FarmConfig:
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
     proposer: ProposerSettings = field(default_factory=ProposerSettings)
 
     def with_overrides(self, overrides: dict[str, Any]) -> "FarmConfig":
@@ -160,7 +180,8 @@ _NON_NEGATIVE = {"run.max_experiments", "run.hours", "train.grace", "workers.cou
                  "proposer.fallback_cooldown", "proposer.history_limit", "proposer.temperature",
                  "proposer.max_retries", "proposer.backoff", "proposer.price_per_mtok_in",
                  "proposer.price_per_mtok_out", "workers.price_per_gpu_hour", "train.disk_quota_gb",
-                 "judge.max_overtime"}
+                 "judge.max_overtime", "search.combine_max", "search.min_workers", "search.near_miss",
+                 "search.preempt_seconds"}
 _POSITIVE = {"train.budget", "workers.cpus_per_worker", "workers.max_lost", "workers.lease_slack",
              "workers.heartbeat_seconds", "workers.silent_after",
              "judge.baseline_runs", "judge.noise_k", "judge.default_noise", "proposer.concurrency",
@@ -212,6 +233,13 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     if name == "proposer.mix" and not set(value) <= set(_CHOICES["proposer.kind"]):
         raise ConfigError(f"{name} keys must be proposer kinds ({', '.join(_CHOICES['proposer.kind'])}), "
                           f"got {', '.join(sorted(value))}")
+    if name == "judge.early_cut" and value:
+        raise ConfigError(f"{name} cannot be switched on yet: the workers do not enforce it, and no rule met the "
+                          "bar when measured (docs/BENCHMARKS.md, \"Early cut (loss curves)\")")
+    if name == "judge.early_cut_progress" and not 0 < value < 1:
+        raise ConfigError(f"{name} must be between 0 and 1 (a fraction of the budget), got {value!r}")
+    if name == "judge.early_cut_threshold" and value < 0:
+        raise ConfigError(f"{name} must be >= 0, got {value!r}")
     if name in _CHOICES and value not in _CHOICES[name]:
         raise ConfigError(f"{name} must be one of {', '.join(_CHOICES[name])}, got {value!r}")
     if name in _NON_NEGATIVE and value < 0:

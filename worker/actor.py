@@ -24,6 +24,7 @@ from typing import Any, Iterable, Sequence
 
 from worker.contract import PrepareFailed, Result, RunStatus
 from worker import tripwire
+from worker.curve import CurveFollower, parse_curve
 from worker.upstream import host, launch as upstream
 from worker.runner import RunOutcome, run_prepare, run_training
 from worker.settings import WorkerSettings
@@ -32,6 +33,7 @@ from worker.summary import is_valid
 log = logging.getLogger(__name__)
 
 MAX_LOG_BYTES = 2 * 2**20  # the log shipped home per run; the tail is what matters when it is cut
+LIVE_CURVE_POINTS = 50  # the curve so far in every heartbeat: enough to see a run's trend, small to send every few s
 
 
 def accelerator_name(gpu_ids: list[str]) -> str:
@@ -148,6 +150,7 @@ class Worker:
         self._layout: dict[str, Any] = {}  # an upstream harness's paths (_describe)
         self._gpu_ids = self._visible_gpus()
         self.accelerator = accelerator_name(self._gpu_ids)
+        self._live: tuple[str, CurveFollower] | None = None  # the run in progress: its job and its curve so far
 
     @staticmethod
     def _visible_gpus() -> list[str]:
@@ -165,6 +168,7 @@ class Worker:
             "gpu_ids": self._gpu_ids,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "accelerator": self.accelerator,
+            **({"curve": {"job": live[0], "points": live[1].curve(LIVE_CURVE_POINTS)}} if (live := self._live) else {}),
         }
 
     def _env(self) -> dict[str, str]:
@@ -385,14 +389,18 @@ class Worker:
                 for stale in host.handoff_files(weights):
                     stale.unlink(missing_ok=True)
                 env[HANDOFF_ENV] = str(weights)
-            outcome = run_training(
-                self._command(s.command, launcher / host.LAUNCHER if launcher else None), run_dir,
-                log_path=log_path, budget_s=float(s.budget), grace_s=float(s.grace),
-                env_extra=env, isolate_network=bool(s.isolate_network), cancel=self._cancel,
-                hide=self.hidden_paths() if trusted else (),
-                disk_quota_bytes=int(s.disk_quota_gb * 2**30) if s.disk_quota_gb else None,
-                readonly=[*frozen_data, *([launcher] if launcher else [])],
-            )
+            self._live = (job["id"], CurveFollower(float(s.budget)))  # info() (the heartbeat) shows it as it grows
+            try:
+                outcome = run_training(
+                    self._command(s.command, launcher / host.LAUNCHER if launcher else None), run_dir,
+                    log_path=log_path, budget_s=float(s.budget), grace_s=float(s.grace),
+                    env_extra=env, isolate_network=bool(s.isolate_network), cancel=self._cancel,
+                    hide=self.hidden_paths() if trusted else (), on_progress=self._live[1].feed,
+                    disk_quota_bytes=int(s.disk_quota_gb * 2**30) if s.disk_quota_gb else None,
+                    readonly=[*frozen_data, *([launcher] if launcher else [])],
+                )
+            finally:
+                self._live = None
         summary = dict(outcome.summary or {})
         status, reason, tail = outcome.status, outcome.reason, outcome.log_tail
         containment = ",".join(outcome.containment) if not isinstance(outcome.containment, str) else outcome.containment
@@ -446,6 +454,7 @@ class Worker:
         with open(log_path, "rb") as f:
             f.seek(max(0, log_path.stat().st_size - MAX_LOG_BYTES))
             log_text = f.read().decode("utf-8", "replace")
+        result.loss_curve = parse_curve(log_text, float(s.budget))  # the whole log, not the live curve's sampled lines
         shutil.rmtree(run_dir, ignore_errors=True)
         out = {"result": result.to_dict(), "log": log_text}
         if outcome.status == RunStatus.CRASH.value and outcome.reason == "killed by signal SIGKILL":

@@ -96,6 +96,9 @@ class Result(Record):
     purpose: str = Purpose.MEASURE.value
     containment: str = ""  # sandbox layers the run was under, e.g. "cgroup,netns"
     seed: int | None = None  # the seed the run was handed (None: recorded before the farm assigned seeds)
+    # the training-loss curve: [progress 0..1 of the budget, loss] pairs, at most ~200 (worker.curve);
+    # [] where the output had no step line it reads (and in records from before it was kept)
+    loss_curve: list[list[float]] = field(default_factory=list)
 
 
 class PrepareFailed(Exception):
