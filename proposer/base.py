@@ -49,6 +49,14 @@ class History:
     best_bpb: float | None = None
     baseline_bpb: float | None = None
     ideas: list[str] = field(default_factory=list)  # human ideas, for proposers that can read them
+    # What is in flight, per pending candidate (queued, running, or finished and not yet judged): the
+    # constants it moves, each {"name", "old", "new", "direction", ["index"]} as MutateProposer's
+    # meta["changes"] records them ("index": one element of a tuple, whose arm is name[index]). A code
+    # edit that moves no constant has []; one that also edits code lists the constants it moves.
+    # MutateProposer reads it as a collection (order and alignment do not matter to it);
+    # Intake.history lists it in the order of pending_descriptions, the baseline's entry []. Empty
+    # (the default) when the caller does not say: the search then spreads within its own round only.
+    pending_changes: list[list[dict[str, Any]]] = field(default_factory=list)
 
 
 @runtime_checkable

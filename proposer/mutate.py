@@ -17,14 +17,17 @@ finds it feeding a divisibility assert (``assert TOTAL_BATCH_SIZE % tokens_per_f
 it only doubles and halves, the one move that keeps such a check true whatever else it reads. A
 small power of two that divides something (``width // HEAD_DIM``) skips the +/-1: an odd head
 width crashes rather than measures. Other round ints (multiples of 8 above SMALL_INT, such as a
-merged 96) move +/-25 % on their own grid, which leads back to the powers of two; the rest move
-+/-1 and +/-25 % (never below 1). Module-level asserts over constants alone (e.g. a divisibility check) are also evaluated with the
-mutated values, so a proposal that would die at import never reaches a GPU.
+merged 96) move +/-25 % on their own grid, which leads back to the powers of two; the rest move +/-1
+and +/-25 % (never below 1). Module-level asserts over constants alone (e.g. a divisibility check)
+are also evaluated with the mutated values, so a proposal that would die at import never reaches a GPU.
 
 Learning is a small bandit: every (constant, direction) arm scores the outcomes of the earlier
 proposals that moved it (improvements up, crashes and regressions down); names and then
 directions are sampled from a softmax of those scores mixed with a uniform floor, so nothing
-starves. The RNG is seeded from the seed and the history, so the same inputs give the same output.
+starves. Concurrent candidates are spread: names are sampled among those nothing in flight moves
+(``History.pending_changes``, this round's proposals), else those with an arm not in flight, else all;
+arms among those not in flight, else all. The RNG is seeded from the seed and the history, so the
+same inputs give the same output.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from proposer.base import History, Outcome, Proposal, ProposerBase, fingerprint, parse_python
+from proposer.base import History, Outcome, Proposal, ProposerBase, fingerprint, normalise, parse_python
 from proposer.flow import analyse
 
 log = logging.getLogger(__name__)
@@ -53,11 +56,9 @@ TEMPERATURE = 1.5  # softmax temperature of the arm scores
 SCORE_CLIP = 4.0
 _NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _SAFE_BUILTINS: dict[str, Any] = {f.__name__: f for f in (abs, min, max, len, int, float, round, all, any, sum)}
-_SAFE_NODES = (
-    ast.Expression, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Compare, ast.IfExp, ast.Name, ast.Constant,
-    ast.Tuple, ast.List, ast.Subscript, ast.Slice, ast.Call, ast.keyword, ast.expr_context, ast.operator,
-    ast.boolop, ast.unaryop, ast.cmpop,
-)  # fmt: skip
+_SAFE_NODES = (ast.Expression, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Compare, ast.IfExp, ast.Name, ast.Constant,
+               ast.Tuple, ast.List, ast.Subscript, ast.Slice, ast.Call, ast.keyword, ast.expr_context, ast.operator,
+               ast.boolop, ast.unaryop, ast.cmpop)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -206,37 +207,76 @@ def _direction(old: Any, new: Any) -> str:
     return "+" if new > old else "-"
 
 
+def _scan(source: str) -> tuple[ast.Module, dict[str, _Const]]:
+    """The parsed source and its module-level UPPER_CASE literal constants (raises SyntaxError)."""
+    tree = parse_python(source)
+    starts = [0] + [i + 1 for i, ch in enumerate(source) if ch == "\n"]
+    lines = source.split("\n")
+
+    def off(line: int, col: int) -> int:  # ast columns are UTF-8 byte offsets
+        return starts[line - 1] + len(lines[line - 1].encode("utf-8")[:col].decode("utf-8", "replace"))
+
+    def span(n: ast.AST) -> tuple[int, int]:
+        return off(n.lineno, n.col_offset), off(n.end_lineno, n.end_col_offset)  # type: ignore[attr-defined, arg-type]
+
+    found: dict[str, list[_Const]] = defaultdict(list)
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+            target, node = stmt.targets[0], stmt.value
+        elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+            target, node = stmt.target, stmt.value
+        else:
+            continue
+        if not (isinstance(target, ast.Name) and _NAME_RE.match(target.id)):
+            continue
+        value = _literal(node)
+        if value is not None:
+            parts = tuple(span(e) for e in node.elts) if isinstance(node, ast.Tuple) else ()
+            found[target.id].append(_Const(target.id, value, span(node), parts, isinstance(node, ast.BinOp)))
+    # a name given a literal twice is ambiguous: which one counts depends on control flow
+    return tree, {name: cs[0] for name, cs in found.items() if len(cs) == 1}
+
+
+def constant_changes(base: str, new: str) -> tuple[list[dict[str, Any]], bool]:
+    """The constants ``new`` moves from their values in ``base``, as meta["changes"] records them (a tuple:
+    one record per element moved), in source order, and whether that is all it changes: with the base's
+    literals put back, the two normalise() alike (a name added, removed or no longer a literal is code)."""
+    try:
+        (_, olds), (_, news) = _scan(base), _scan(new)
+    except (SyntaxError, ValueError):
+        return [], False  # nothing known of a source that does not parse
+    out: list[dict[str, Any]] = []
+    back = new
+    for c in sorted(news.values(), key=lambda c: -c.span[0]):  # from the end: earlier spans stay valid
+        o = olds.get(c.name)
+        if o is None:
+            continue
+        back = back[: c.span[0]] + base[o.span[0] : o.span[1]] + back[c.span[1] :]  # 0.05 and 5e-2 alike
+        if repr(o.value) == repr(c.value):
+            continue
+        if isinstance(o.value, tuple) and isinstance(c.value, tuple) and len(o.value) == len(c.value):
+            out[:0] = [{"name": c.name, "old": list(o.value), "new": list(c.value), "direction": _moved(a, b),
+                        "index": i} for i, (a, b) in enumerate(zip(o.value, c.value)) if repr(a) != repr(b)]
+        else:
+            old_v, new_v = (list(v) if isinstance(v, tuple) else v for v in (o.value, c.value))
+            out.insert(0, {"name": c.name, "old": old_v, "new": new_v, "direction": _moved(o.value, c.value)})
+    return out, normalise(back) == normalise(base)
+
+
+def _moved(old: Any, new: Any) -> str:  # _direction of a change found in a source ("~": a type changed)
+    if type(old) is not type(new) and not all(type(v) in (int, float) for v in (old, new)):
+        return "~"
+    if isinstance(old, tuple):  # one whose length changed
+        return _direction("x" * len(old), "x" * len(new))
+    return _direction(old, new) if old != new else "~"  # 6 -> 6.0: a type, no direction
+
+
 class _Surface:
     """The mutable constants and the constant-only asserts of one train.py."""
 
     def __init__(self, source: str) -> None:
         self.source = source
-        tree = parse_python(source)
-        starts = [0] + [i + 1 for i, ch in enumerate(source) if ch == "\n"]
-        lines = source.split("\n")
-
-        def off(line: int, col: int) -> int:  # ast columns are UTF-8 byte offsets
-            return starts[line - 1] + len(lines[line - 1].encode("utf-8")[:col].decode("utf-8", "replace"))
-
-        def span(n: ast.AST) -> tuple[int, int]:
-            return off(n.lineno, n.col_offset), off(n.end_lineno, n.end_col_offset)  # type: ignore[attr-defined, arg-type]
-
-        found: dict[str, list[_Const]] = defaultdict(list)
-        for stmt in tree.body:
-            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
-                target, node = stmt.targets[0], stmt.value
-            elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
-                target, node = stmt.target, stmt.value
-            else:
-                continue
-            if not (isinstance(target, ast.Name) and _NAME_RE.match(target.id)):
-                continue
-            value = _literal(node)
-            if value is not None:
-                parts = tuple(span(e) for e in node.elts) if isinstance(node, ast.Tuple) else ()
-                found[target.id].append(_Const(target.id, value, span(node), parts, isinstance(node, ast.BinOp)))
-        # a name given a literal twice is ambiguous: which one counts depends on control flow
-        self.consts = {name: cs[0] for name, cs in found.items() if len(cs) == 1}
+        tree, self.consts = _scan(source)
         self.asserts = [a for a in self._asserts(tree.body) if self._holds(a, {})]
         flow = analyse(tree)
         self.print_only = flow.print_only & set(self.consts)  # never proposed: only printouts read them
@@ -249,10 +289,8 @@ class _Surface:
             if isinstance(stmt, ast.Assert):
                 names = {n.id for n in ast.walk(stmt.test) if isinstance(n, ast.Name)}
                 safe = all(isinstance(n, _SAFE_NODES) for n in ast.walk(stmt.test))
-                calls_ok = all(
-                    isinstance(c.func, ast.Name) and c.func.id in _SAFE_BUILTINS
-                    for c in ast.walk(stmt.test) if isinstance(c, ast.Call)
-                )  # fmt: skip
+                calls_ok = all(isinstance(c.func, ast.Name) and c.func.id in _SAFE_BUILTINS
+                               for c in ast.walk(stmt.test) if isinstance(c, ast.Call))  # fmt: skip
                 if safe and calls_ok and names & set(self.consts) and names <= set(self.consts) | set(_SAFE_BUILTINS):
                     out.append(ast.Expression(stmt.test))
             elif not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -334,9 +372,12 @@ def arm_scores(outcomes: list[Outcome]) -> dict[tuple[str, str], float]:
     for o in outcomes:
         changes = o.meta.get("changes") or []
         for ch in changes:
-            target = ch["name"] if ch.get("index") is None else f"{ch['name']}[{ch['index']}]"
-            scores[(target, ch.get("direction", "?"))] += _reward(o) / len(changes)
+            scores[_arm(ch)] += _reward(o) / len(changes)
     return dict(scores)
+
+
+def _arm(ch: dict[str, Any]) -> tuple[str, str]:  # the (target, direction) a change record moves
+    return (ch["name"] if ch.get("index") is None else f"{ch['name']}[{ch['index']}]", ch.get("direction", "?"))
 
 
 def _change(old: Any, o: _Option) -> dict[str, Any]:
@@ -357,13 +398,8 @@ def _weights(scores: list[float]) -> list[float]:
 class MutateProposer(ProposerBase):
     name = "mutate"
 
-    def __init__(
-        self,
-        seed: int = 0,
-        profile: str = "gpu",
-        exclude: tuple[str, ...] = ("SEED",),
-        two_change_prob: float = 0.2,
-    ) -> None:
+    def __init__(self, seed: int = 0, profile: str = "gpu", exclude: tuple[str, ...] = ("SEED",),
+                 two_change_prob: float = 0.2) -> None:
         if profile not in ("gpu", "cpu"):
             raise ValueError(f"profile must be 'gpu' or 'cpu', not {profile!r}")
         self.seed, self.profile, self.exclude, self.two_change_prob = seed, profile, tuple(exclude), two_change_prob
@@ -374,13 +410,9 @@ class MutateProposer(ProposerBase):
         for name in consts:
             is_cpu = name.startswith(CPU_PREFIX)
             logical = name[len(CPU_PREFIX) :] if is_cpu else name
-            if self.profile == "gpu" and is_cpu:
-                continue
-            if self.profile == "cpu" and not is_cpu and CPU_PREFIX + name in consts:
-                continue
-            if any(fnmatch.fnmatchcase(n, p) for p in self.exclude for n in (name, logical)):
-                continue
-            out.append(name)
+            other = is_cpu if self.profile == "gpu" else not is_cpu and CPU_PREFIX + name in consts  # the twin counts
+            if not other and not any(fnmatch.fnmatchcase(n, p) for p in self.exclude for n in (name, logical)):
+                out.append(name)
         return out
 
     def propose(self, n: int, history: History) -> list[Proposal]:
@@ -394,27 +426,30 @@ class MutateProposer(ProposerBase):
         rng = random.Random(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big"))
         scores = arm_scores(history.outcomes)
         arms: dict[str, dict[tuple[str, str], list[_Option]]] = {}
-        for name in self.targets(surf.consts):
-            if name in surf.print_only:
-                continue
+        for name in (nm for nm in self.targets(surf.consts) if nm not in surf.print_only):
             by_arm: dict[tuple[str, str], list[_Option]] = defaultdict(list)
             for o in surf.options(name):
                 by_arm[(o.target, o.direction)].append(o)
             if by_arm:
                 arms[name] = dict(by_arm)
         pools = {name: {a: list(opts) for a, opts in by_arm.items()} for name, by_arm in arms.items()}
+        flight = [c for cs in history.pending_changes for c in cs  # what the pending candidates move
+                  if isinstance(c, dict) and isinstance(c.get("name"), str)]
+        busy, busy_names = {_arm(c) for c in flight}, {c["name"] for c in flight}  # in flight, then this round too
 
-        def pick_name(names: list[str]) -> str:
+        def pick_name(names: list[str], table: dict[str, dict[tuple[str, str], list[_Option]]]) -> str:
+            idle = [nm for nm in names if nm not in busy_names]  # else those with a free arm, else all
+            names = idle or [nm for nm in names if any(o and a not in busy for a, o in table[nm].items())] or names
             ns = [sum(scores.get(a, 0.0) for a in arms[nm]) for nm in names]
             return rng.choices(names, weights=_weights(ns))[0]
 
         def pick_arm(by_arm: dict[tuple[str, str], list[_Option]]) -> tuple[str, str]:
             keys = [a for a, opts in by_arm.items() if opts]
+            keys = [a for a in keys if a not in busy] or keys  # an arm in flight only when all are
             return rng.choices(keys, weights=_weights([scores.get(a, 0.0) for a in keys]))[0]
 
         out: list[Proposal] = []
-        seen = set(history.tried)
-        pending = set(history.pending_descriptions)
+        seen, pending = set(history.tried), set(history.pending_descriptions)
         pair_seen: set[frozenset[tuple[str, str]]] = set()
         pair_failures, max_pair_failures = 0, 20 + 5 * n
         while len(out) < n:
@@ -423,8 +458,8 @@ class MutateProposer(ProposerBase):
             if not avail and not can_pair:
                 break
             if can_pair and (not avail or rng.random() < self.two_change_prob):
-                first = pick_name(list(arms))
-                second = pick_name([nm for nm in arms if nm != first])
+                first = pick_name(list(arms), arms)
+                second = pick_name([nm for nm in arms if nm != first], arms)
                 opts = [rng.choice(arms[nm][pick_arm(arms[nm])]) for nm in (first, second)]
                 key2 = frozenset((o.target, repr(o.new)) for o in opts)
                 if key2 in pair_seen:
@@ -432,7 +467,7 @@ class MutateProposer(ProposerBase):
                     continue
                 pair_seen.add(key2)
             else:
-                nm = pick_name(avail)
+                nm = pick_name(avail, pools)
                 pool = pools[nm][pick_arm(pools[nm])]
                 opts = [pool.pop(rng.randrange(len(pool)))]
             built = self._build(surf, opts, seen, pending)
@@ -442,11 +477,12 @@ class MutateProposer(ProposerBase):
                 continue
             seen.add(built[1])
             out.append(built[0])
+            busy.update((o.target, o.direction) for o in opts)
+            busy_names.update(o.name for o in opts)
         return out
 
-    def _build(
-        self, surf: _Surface, opts: list[_Option], seen: set[str], pending: set[str]
-    ) -> tuple[Proposal, str] | None:
+    def _build(self, surf: _Surface, opts: list[_Option], seen: set[str], pending: set[str]
+               ) -> tuple[Proposal, str] | None:
         """The proposal and its fingerprint, or None if it breaks an assert, repeats or does not compile."""
         if not surf.valid({o.name: o.new for o in opts}):
             return None

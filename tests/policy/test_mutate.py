@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -403,3 +404,73 @@ def test_normalise_ignores_comments_and_layout() -> None:
     assert fingerprint("def f():\n  if x:\n    y()\n  z()\n") != fingerprint("def f():\n  if x:\n    y()\n    z()\n")
     assert normalise("s = '''a\n\n# not a comment'''\n") != normalise("s = '''a\n'''\n")
     assert normalise("x = (1,\n") == "x = (1,"  # untokenizable: line-based fallback
+
+
+# -- diversity in flight ----------------------------------------------------------------------
+REAL_TRAIN = (Path(__file__).resolve().parents[2] / "train.py").read_text()
+
+
+def arm(ch: dict) -> tuple[str, str]:
+    return (ch["name"] if ch.get("index") is None else f"{ch['name']}[{ch['index']}]", ch["direction"])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_round_spreads_over_as_many_constants_and_directions_as_it_can(seed: int) -> None:
+    """16 proposals on the real train.py (18 constants to move): every one moves constants no earlier one
+    of the round moved, and no (target, direction) arm is moved twice (the search used to pile several
+    proposals onto one constant: 11 to 13 distinct in 16)."""
+    src = REAL_TRAIN
+    props = MutateProposer(seed=seed).propose(16, History(base_commit="m", base_source=src))
+    assert len(props) == 16
+    changes = [c for p in props for c in p.meta["changes"]]
+    names = [c["name"] for c in changes]
+    assert len(set(names)) == min(len(names), 18), Counter(names)
+    assert max(Counter(arm(c) for c in changes).values()) == 1, Counter(arm(c) for c in changes)
+
+
+def test_arms_in_flight_are_avoided_while_others_remain() -> None:
+    flight = [[{"name": "MATRIX_LR", "old": 0.04, "new": 0.05, "direction": "+"}],
+              [{"name": "DEPTH", "old": 6, "new": 8, "direction": "+"},
+               {"name": "ADAM_BETAS", "old": [0.8, 0.95], "new": [0.8, 0.975], "direction": "+", "index": 1}]]
+    busy = {("MATRIX_LR", "+"), ("DEPTH", "+"), ("ADAM_BETAS[1]", "+")}
+    for seed in range(6):
+        h = hist(pending_changes=flight)
+        props = MutateProposer(seed=seed, two_change_prob=0.3).propose(12, h)
+        moved = [c for p in props for c in p.meta["changes"]]
+        # 15 constants, 3 in flight: the round (some of it pairs) moves each of the 12 others first
+        in_flight = {"MATRIX_LR", "DEPTH", "ADAM_BETAS"}
+        for i, c in enumerate(moved):
+            if c["name"] in in_flight:
+                assert len({x["name"] for x in moved[:i]} - in_flight) == 12, moved
+        assert not {arm(c) for c in moved} & busy
+        longer = MutateProposer(seed=seed, two_change_prob=0.0).propose(25, h)
+        assert not {arm(c) for p in longer for c in p.meta["changes"]} & busy, "other arms remain"
+        again = MutateProposer(seed=seed, two_change_prob=0.3).propose(12, hist(pending_changes=flight))
+        assert [p.description for p in again] == [p.description for p in props], "same inputs, same output"
+    # everything in flight: the plain choice, rather than nothing
+    tiny = "FLAG = True  # the only knob\n"
+    taken = [[{"name": "FLAG", "old": True, "new": False, "direction": "-"}]]
+    assert [p.description for p in MutateProposer().propose(1, hist(tiny, pending_changes=taken))] == ["FLAG True -> False"]
+
+
+def test_constant_changes_reads_what_a_source_moves() -> None:
+    from proposer.mutate import constant_changes
+
+    spelt = TRAIN.replace("MATRIX_LR = 0.04  # Muon learning rate", "MATRIX_LR = 5e-2  # raised")
+    assert constant_changes(TRAIN, spelt) == ([{"name": "MATRIX_LR", "old": 0.04, "new": 0.05, "direction": "+"}], True)
+    both = TRAIN.replace("(0.8, 0.95)", "(0.9, 0.99)").replace("DEPTH = 6", "DEPTH = 4")
+    assert constant_changes(TRAIN, both) == ([
+        {"name": "DEPTH", "old": 6, "new": 4, "direction": "-"},
+        {"name": "ADAM_BETAS", "old": [0.8, 0.95], "new": [0.9, 0.99], "direction": "+", "index": 0},
+        {"name": "ADAM_BETAS", "old": [0.8, 0.95], "new": [0.9, 0.99], "direction": "+", "index": 1}], True)
+    # the same literal written otherwise is no change; any other edit is code
+    assert constant_changes(TRAIN, TRAIN.replace("2**19", "524288")) == ([], True)
+    code = spelt.replace("return MATRIX_LR * (1 - progress)", "return MATRIX_LR * (1 - progress) ** 2")
+    assert constant_changes(TRAIN, code) == (constant_changes(TRAIN, spelt)[0], False)
+    added = TRAIN.replace("SEED = 42\n", "SEED = 42\nEXTRA = 1\n")
+    assert constant_changes(TRAIN, added) == ([], False)
+    typed = TRAIN.replace('WINDOW_PATTERN = "SSSL"', "WINDOW_PATTERN = 4").replace("DEPTH = 6", "DEPTH = 6.0")
+    assert constant_changes(TRAIN, typed) == ([{"name": "DEPTH", "old": 6, "new": 6.0, "direction": "~"},
+                                               {"name": "WINDOW_PATTERN", "old": "SSSL", "new": 4, "direction": "~"}],
+                                              True)
+    assert constant_changes(TRAIN, "def f(:\n") == ([], False)
