@@ -5,6 +5,10 @@ apply (:class:`proposer.patching.PatchError`, re-exported here: the proposers an
 raise the same one) and a sandbox layer that is unavailable (:class:`worker.sandbox.SandboxError`).
 """
 
+import shlex
+import textwrap
+from typing import Any
+
 from proposer.patching import PatchError
 
 __all__ = ["FarmError", "ConfigError", "RepoError", "StoreError", "PatchError", "FencedWrite", "RunFailed"]
@@ -35,3 +39,15 @@ class RunFailed(FarmError):
     failed on a worker): the run stops at once, its jobs stay queued, and `--resume` continues it
     once the cause is fixed. The message is the whole story (what failed, the tail of its output,
     where its log is); it is shown and recorded in full."""
+
+    @classmethod
+    def prepare(cls, err: Any, worker: str, log_file: Any, tag: str) -> "RunFailed":
+        """The error for a failed prepare command (``err``: worker.contract.PrepareFailed), its output
+        copied to ``log_file``."""
+        tail = textwrap.indent(err.tail.rstrip("\n") or "(no output)", "    ")
+        return cls(
+            f"the prepare command `{shlex.join(err.command)}` failed on worker {worker} ({err.how}), so the run "
+            f"stopped: no job can run until the data is prepared. Its output ends:\n{tail}\n"
+            f"The whole output: {log_file} (on {err.node}: {err.log_path}). No candidate is blamed: its job "
+            f"went back to the queue, as did any still running. Fix the data preparation (the command, run in "
+            f"the target repository, shows it), then `autoresearch-farm run --tag {tag} --resume` continues.")

@@ -1,34 +1,34 @@
 """The controller: the one loop that executes. It asks the proposer, dispatches jobs to idle
 workers, records results, asks the judge, and moves the main line.
 
-The proposer and the judge are pure policies; only this loop talks to git (FarmRepo), Ray (through
-the fleet, :mod:`cluster.loop.fleet`) and Redis (Store). Its parts: the intake (proposals into
-queued candidates), the ledgers (open jobs and results, counted in memory), the judge, and the
-progress report. Everything the loop decides is written to the
-store before it acts on it, so a controller killed at any point can be resumed from Redis:
-jobs that were running are re-queued (their late results are refused by the attempt fence),
-finished candidates are judged, and the main-line ref in git is the source of truth for merges.
+The proposer, the judge and the parallel search rules (:mod:`cluster.loop.plan`) are pure
+policies; only this loop talks to git (FarmRepo), Ray (the fleet, :mod:`cluster.loop.fleet`) and
+Redis (Store). Its parts: the intake (proposals into queued candidates), the ledgers (open jobs and
+results, counted in memory), the window (what is in confirmation, combinations, the frontier), the
+judge, and the progress report. Everything the loop decides is written to the store before it acts
+on it, so a controller killed at any point can be resumed from Redis: jobs that were running are
+re-queued (their late results are refused by the attempt fence), finished candidates are judged,
+and the main-line ref in git is the source of truth for merges.
 
 One step:
   1. collect finished worker calls: record each result (fenced by its attempt), or re-queue the
-     job of a worker that died;
+     job of a worker that died (or of one preempted);
   2. re-queue jobs whose lease expired (a hung or stopped worker);
-  3. judge finished candidates once the main line's own measurements are in;
-  4. keep the queue at one pending candidate per worker plus a margin (ask the proposer);
-  5. hand the next job to every idle worker; a queued candidate proposed on an older main line is
-     rebased onto the current one as a worker takes it (a merge itself rebases nothing).
+  3. judge finished candidates (a confirmation once the line run beside it is in), combine the
+     winners and near misses of the window, merge the best;
+  4. keep the queue at one pending candidate per worker plus a margin (ask the proposer, on the front);
+  5. preempt young first looks the critical path needs, then hand the next job to every idle
+     worker; a queued candidate on another base than the front (the frontier, or the main line) is
+     rebased onto it as a worker takes it (a merge itself rebases nothing).
 
-The loop's cost per experiment does not grow with the number of workers: open jobs are counted
-in memory (rebuilt from Redis on start and resume), a proposal round's git work is batched
-(:meth:`Intake.admit_round`), and the proposer's history and the progress line are read incrementally.
+A step's cost does not grow with the number of workers: open jobs are counted in memory (rebuilt
+from Redis on start and resume), a proposal round's git work is batched, and the proposer's history
+and the progress line are read incrementally.
 """
-
 from __future__ import annotations
 
 import hashlib
 import re
-import shlex
-import textwrap
 from collections import Counter
 import logging
 import time
@@ -38,14 +38,16 @@ from typing import Any, Callable
 from cluster.config import FarmConfig
 from cluster.errors import FencedWrite, RunFailed
 from cluster.loop import judge as judge_policy
+from cluster.loop import plan
 from cluster.loop.fleet import Fleet, ProposerCalls
 from cluster.loop.intake import Intake
 from cluster.loop.ledger import Measurements, OpenJobs
 from cluster.loop.metrics import FarmMetrics
 from cluster.loop.progress import Progress
+from cluster.loop.window import Window
 from cluster.records import (PENDING_STATES, Candidate, Job, Origin, Purpose, Requeue, Result, RunStatus, State,
                              experiment_count, values)
-from cluster.repo import FarmRepo, RebaseStatus, main_branch
+from cluster.repo import FarmRepo, main_branch
 from cluster.store import Store
 from worker import tripwire
 from worker.contract import PrepareFailed
@@ -78,7 +80,7 @@ class Controller:
         self._last_report = self._last_gauges = self._last_leases = 0.0
         # the controller is the only writer of results and jobs: both are counted in memory
         self.measured = Measurements(store)
-        self.jobs = OpenJobs(store, self.measured)
+        self.jobs = OpenJobs(store, self.measured, code_of=repo.tree_of)
         self._dirty = True  # something the judge should look at changed
         meta = store.run_meta() or {}
         self.main: str = meta.get("main", "")  # the main line's sha, kept with run meta
@@ -89,6 +91,11 @@ class Controller:
         self.progress = Progress(store, self.measured, fleet, self.metrics, noise=self.noise_now)
         self.intake = Intake(cfg, tag, store, repo, proposer, self.jobs, self.measured, self.metrics, self.report,
                              workers=len(fleet), main=self.main)
+        # what is in confirmation, the combinations and the frontier (cluster/loop/plan.py)
+        self.window = Window(cfg, tag, store, repo, self.jobs, self.measured, len(fleet), self.report, self.metrics,
+                             moved=lambda cid: self.intake.moved(cid))
+        self.window.rebuild(self.main)
+        self._critical: set[str] = set()  # jobs queued at the front and not yet taken (what preemption serves)
 
     # ------------------------------------------------------------------ start and resume
 
@@ -148,7 +155,9 @@ class Controller:
         self._heartbeats()
         self._reap_leases()
         self.judge()
+        self.intake.front_moved(self.window.front(self.main))
         self.intake.step(stopping=self.stop_requested)
+        self.preempt()
         self.dispatch()
         now = time.time()
         if now - self._last_report > REPORT_S:
@@ -188,6 +197,11 @@ class Controller:
                 self.fleet.probe(done.name)  # Ray restarts it; no work goes to it until it answers
             elif done.out.get("lost"):  # its training process was killed from outside: not the candidate's result
                 self.lost(job, done.out["lost"])
+            elif done.flight.preempted and (done.out.get("result") or {}).get("reason") == "cancelled":
+                self.store.requeue(job.id, job.attempt, f"preempted on {done.name}", self.cfg.workers.max_lost,
+                                   count_lost=False, back=True)
+                self.store.transition(job.cand, {State.RUNNING.value}, State.QUEUED.value)
+                self.store.add_event("preempted", job=job.id, cand=job.cand, worker=done.name)
             else:
                 self.record(done.name, job, done.out)
         if failed is not None:
@@ -207,14 +221,7 @@ class Controller:
         log_file.write_text(err.log or err.tail)
         self.store.add_event("prepare_failed", worker=worker, job=job.id, cand=job.cand, command=err.command,
                              exit_code=err.exit_code, log=str(log_file))
-        command = shlex.join(err.command)
-        tail = textwrap.indent(err.tail.rstrip("\n") or "(no output)", "    ")
-        return RunFailed(
-            f"the prepare command `{command}` failed on worker {worker} ({err.how}), so the run stopped: no job "
-            f"can run until the data is prepared. Its output ends:\n{tail}\n"
-            f"The whole output: {log_file} (on {err.node}: {err.log_path}). No candidate is blamed: its job "
-            f"went back to the queue, as did any still running. Fix the data preparation (the command, run in "
-            f"the target repository, shows it), then `autoresearch-farm run --tag {self.tag} --resume` continues.")
+        return RunFailed.prepare(err, worker, log_file, self.tag)
 
     def record(self, worker: str, job: Job, out: dict[str, Any]) -> None:
         result = Result.from_dict(out["result"])
@@ -316,31 +323,44 @@ class Controller:
         return f"noise {sigma:.4f} ({source}): a win must clear {judge_policy.margin_now(line, acc, self.cfg.judge):.4f}"
 
     def judge(self) -> None:
-        """Judge the finished candidates, once the main line's own measurements are in."""
+        """Judge the finished candidates (cluster/loop/plan.py says what waits and what is combined)."""
         if not self._dirty:
             return
         self._dirty = False
-        line = self.line()
-        if self.jobs.measuring(line.commit):
-            return  # wait for the main line's own numbers
+        line, w = self.line(), self.window
+        waiting_on, busy = w.waiting_on(), w.busy()
         decisions: list[tuple[Candidate, judge_policy.Decision]] = []
         for cand in self.store.candidates({State.FINISHED.value}):
             if cand.origin == Origin.BASELINE.value or cand.commit == line.commit:
                 self.store.transition(cand.id, {State.FINISHED.value}, State.MERGED.value,
                                       decision={"action": "baseline", "reason": "the main line's own measurement"})
                 continue
-            d = judge_policy.decide(cand, self.measured.of_candidate(cand), line, self.cfg.judge,
-                                    base_results=self.measured.line_runs(cand.base))
-            decisions.append((cand, d))
-        winner = judge_policy.pick_merge([d for _, d in decisions if d.action == "merge"])
+            if cand.base in waiting_on or cand.id in busy or w.line_behind(cand, self.main):
+                continue  # work on a frontier, a combination's members, a confirmation: each waits for its verdict
+            runs = [r for r in self.measured.of_candidate(cand) if r.purpose != Purpose.BASELINE.value]
+            d = judge_policy.decide(cand, runs, line, self.cfg.judge, base_results=self.measured.line_runs(cand.base))
+            decisions.append((cand, plan.verdict(cand, d)))
+        w.judged(decisions, line)
+        pool = w.pool(plan.winners(decisions, line.commit), line.commit)
+        parts = plan.combination(pool, w.pending_combination(line.commit), w.combined, self.cfg.search)
+        combo = w.combine(parts, dict((c.id, delta) for c, delta in pool), line) if parts else None
+        if combo is not None:
+            self.window.beside(combo, line, self.main, self.window.main_candidate, self._enqueue, None,
+                               dict((c.id, delta) for c, delta in pool))
+            for purpose in (Purpose.CONFIRM, Purpose.MEASURE):  # (the front of the queue is last in)
+                self._enqueue(combo, purpose)
+            busy = w.busy()
+        judged_now = {c.id for c, _ in decisions}
+        winner = judge_policy.pick_merge([d for c, d in decisions if d.action == "merge" and c.id not in busy
+                                          and not w.held(c, d, judged_now)])
         for cand, d in decisions:
-            if d.action == "merge" and cand.id != winner:
-                continue  # judged again on the new main line, next step
+            if cand.id in busy or (d.action == "merge" and cand.id != winner):
+                continue  # judged again once its combination is, or on the new main line
             if d.action == "measure_line":
                 if not self.jobs.measuring(line.commit):
-                    main_cand = self._main_candidate(line.commit)
+                    main_cand = self.window.main_candidate(line.commit)
                     for _ in range(int(d.numbers.get("line_runs_needed", 1))):
-                        self.jobs.enqueue(main_cand, Purpose.BASELINE, front=True)
+                        self._enqueue(main_cand, Purpose.BASELINE)
                 continue  # judged once the main line's numbers are in
             self.apply(cand, d, line)
 
@@ -358,25 +378,31 @@ class Controller:
             self.store.update_run(main=cand.commit)
             self.main = cand.commit
             self.lineage.append(cand.commit)
+            self.window.settled(cand, merged=True)
+            self.window.merged_with(cand)
+            self.window.line_moved(cand.commit)
             self.intake.main_moved(cand.commit)
             self.report(f"MERGED {cand.id}: {cand.description} | {d.reason}")
             # the queued candidates move onto the new main line one by one, as workers take them
             # (take): no stall here, however long the queue
         elif d.action == "confirm":
             self.store.transition(cand.id, {State.FINISHED.value}, State.QUEUED.value, decision=decision)
-            self.jobs.enqueue(cand, Purpose.CONFIRM, front=True)
-            # the line is measured once more beside it, on a new seed: an apparent win is most often a
-            # line measured high by luck, and the confirmation is judged against the line with that run
-            if cand.base == line.commit == self.main:  # (not when a merge of this pass moved the line)
-                self.jobs.enqueue(self._main_candidate(line.commit), Purpose.BASELINE, front=True)
+            self.window.beside(cand, line, self.main, self.window.main_candidate, self._enqueue, d)
+            self._enqueue(cand, Purpose.CONFIRM)  # (last in: first out)
             self.report(f"{cand.id} looks better; confirming: {d.reason}")
         elif d.action == "rebase":
+            self._dirty |= self.window.settled(cand)  # (what waited on its verdict is judged next step)
             if cand.meta.get("rebased_after_win"):
                 self._discard(cand, decision | {"reason": d.reason + "; already re-tested once on a newer main line"})
             else:
-                self._retest(cand, line.commit, decision)
+                self.window.retest(cand, line.commit, decision)
         elif d.action == "discard":
+            self._dirty |= self.window.settled(cand)
             self._discard(cand, decision)
+
+    def _enqueue(self, cand: Candidate, purpose: Purpose) -> None:
+        """Queue a job on the critical path of a merge: at the front, where a young first look gives way to it."""
+        self._critical.add(self.jobs.enqueue(cand, purpose, front=True).id)
 
     def _discard(self, cand: Candidate, decision: dict[str, Any]) -> None:
         self.store.transition(cand.id, {State.FINISHED.value}, State.DISCARDED.value, decision=decision)
@@ -384,70 +410,37 @@ class Controller:
         if runs and all(r.status == RunStatus.CRASH.value for r in runs):
             self.intake.crashed(cand, runs[-1].log_tail)
 
-    def _main_candidate(self, commit: str) -> Candidate:
-        for c in self.store.candidates({State.MERGED.value}):
-            if c.commit == commit:
-                return c
-        raise RuntimeError(f"no merged candidate holds the main-line commit {commit}")
-
-    def _stale(self, cand: Candidate, status: RebaseStatus, from_state: str) -> None:
-        why = "conflicts with the new main line" if status == RebaseStatus.CONFLICT else "already in the main line"
-        self.store.transition(cand.id, {from_state}, State.STALE.value,
-                              decision={"action": "stale", "reason": why, "at": time.time()})
-        self.store.add_event("stale", cand=cand.id, reason=why)
-        self.metrics.decision("stale")
-        self.report(f"{cand.id} is stale: {why}")
-
-    def _retest(self, cand: Candidate, new_base: str, decision: dict[str, Any]) -> None:
-        """A finished candidate that beat its old base is moved onto ``new_base`` and measured again."""
-        outcome = self.repo.rebase_candidate(cand.commit, new_base, cand.branch)
-        if outcome.status != RebaseStatus.REBASED:
-            self._stale(cand, outcome.status, State.FINISHED.value)
-            return
-        new = outcome.commit
-        meta = dict(cand.meta, rebased_from=cand.commit, rebased_after_win=True)
-        self.store.transition(cand.id, {State.FINISHED.value}, State.QUEUED.value, commit=new.sha, base=new_base,
-                              meta=meta, lines_added=new.lines_added, lines_removed=new.lines_removed,
-                              decision=decision)
-        self.intake.moved(cand.id)
-        self.jobs.bases[cand.id] = new_base
-        self.jobs.enqueue(Candidate.from_dict(cand.to_dict() | {"commit": new.sha}), Purpose.MEASURE)
-        self.report(f"{cand.id} beat its base; re-testing it on the new main line")
-
     # ------------------------------------------------------------------ dispatching
 
     def take(self, worker: str) -> Job | None:
-        """Lease the next job to ``worker``. A queued candidate proposed on an older main line is
-        first moved onto the current one (so no worker measures it on a stale base), or goes stale
-        (its job is dropped and the next one taken) if its change conflicts or is already in."""
+        """Lease the next job to ``worker``. A queued candidate on another base than the front (the
+        frontier while speculating, else the main line) is first moved onto it, so no worker measures
+        it where the work has moved on from; one that conflicts with the frontier is measured on the
+        main line instead, and one that fits neither goes stale (its job is dropped, the next taken)."""
+        front = self.window.front(self.main)
         while True:
             job = self.store.dispatch(worker, self.lease_s)
-            if job is None or job.purpose != Purpose.MEASURE.value:
-                return job
-            if self.jobs.bases.get(job.cand) == self.main:
+            if job is not None:
+                self._critical.discard(job.id)
+            if job is None or job.purpose != Purpose.MEASURE.value or self.jobs.bases.get(job.cand) == front:
                 return job  # (known without reading the candidate: the common case)
             cand = self.store.get_candidate(job.cand)
             self.jobs.bases[cand.id] = cand.base
-            if cand.state != State.QUEUED.value or cand.base == self.main:
-                return job  # (a re-queued run of a candidate already taken is measured on its base)
-            outcome = self.repo.rebase_candidate(cand.commit, self.main, cand.branch)
-            if outcome.status == RebaseStatus.REBASED:
-                new = outcome.commit
-                # the job first: a controller killed in between re-queues a job that still names a
-                # commit of the candidate, which is then rebased again when it is taken
-                if self.store.retarget(job.id, job.attempt, new.sha):
-                    self.store.transition(cand.id, {State.QUEUED.value}, State.QUEUED.value, commit=new.sha,
-                                          base=self.main, meta=dict(cand.meta, rebased_from=cand.commit),
-                                          lines_added=new.lines_added, lines_removed=new.lines_removed)
-                    job.commit = new.sha
+            if cand.state != State.QUEUED.value or cand.base == front or cand.id in self.window.confirming:
+                return job  # (a re-queued run of a candidate already taken, a combination: measured on its base)
+            for target in dict.fromkeys([front, self.main]):
+                if target == cand.base:
+                    return job  # (it conflicts with the frontier: measured on the main line)
+                moved = self.window.move(cand, target, State.QUEUED.value, job=job, stale_ok=target == self.main,
+                                         frontier=target != self.main)
+                if moved is not None:
+                    job.commit = moved
                     self.jobs.opened(job)
-                    self.jobs.bases[cand.id] = self.main
-                    self.intake.moved(cand.id)
                     return job
-                continue  # (not reached: the job was leased a moment ago)
+                if self.store.get_candidate(cand.id).state == State.STALE.value:
+                    break
             self.store.drop(job.id, job.attempt)
             self.jobs.closed(job.id)
-            self._stale(cand, outcome.status, State.QUEUED.value)
 
     def _files(self, commit: str) -> tuple[Any, str]:
         """The commit's files, shipped once, and the digest of its frozen harness files."""
@@ -460,6 +453,21 @@ class Controller:
                 self._file_refs.clear()
             self._file_refs[commit] = (self.fleet.put(files), digest.hexdigest())
         return self._file_refs[commit]
+
+    def preempt(self) -> None:
+        """Stop first looks younger than ``search.preempt_seconds`` that lost their point (plan.preemptions)
+        to run them later: back of the queue, not counted as lost. From ``search.min_workers`` workers on."""
+        window = self.cfg.search.preempt_seconds
+        if window <= 0 or not self.window.parallel or self.stop_requested:
+            return
+        front, now = self.window.front(self.main), time.time()
+        young = [(f.started, name, self.jobs.bases.get(f.job.cand, front)) for name, f in self.fleet.inflight.items()
+                 if f.job.purpose == Purpose.MEASURE.value and not f.preempted and f.lost_at is None and
+                 f.job.id not in self._critical and f.job.cand not in self.window.confirming and now - f.started <= window]
+        stopping = sum(f.preempted for f in self.fleet.inflight.values())  # (cancelled, not back yet)
+        for name in plan.preemptions(young, len(self._critical) - len(self.fleet.free()) - stopping, front, self.main):
+            self.report(f"preempting {self.fleet.inflight[name].job.cand} on {name} to run it later")
+            self.fleet.preempt(name)
 
     def dispatch(self) -> None:
         """Hand the next job to every free worker."""

@@ -57,6 +57,7 @@ class InFlight:
     started: float
     lost_at: float | None = None  # its lease expired and the job was re-queued; the slot waits for the ref
     killed: bool = False  # the silent worker was restarted
+    preempted: bool = False  # cancelled to give the worker to the critical path: its job goes back to the queue
 
 
 @dataclass
@@ -122,6 +123,11 @@ class Fleet:
                 else:
                     done.append(Finished(name, flight, None, failure(e)))
         return done
+
+    def preempt(self, name: str) -> None:
+        """Cancel ``name``'s run so its job can go back to the queue (see Controller.preempt)."""
+        self.inflight[name].preempted = True
+        self.slots[name].handle.cancel.remote()
 
     def cancel_all(self, wait_s: float) -> None:
         """Cancel every run in flight and give them ``wait_s`` to kill their process trees."""

@@ -34,7 +34,11 @@ pooling it with its confirmation still carries its luck. A confirmed candidate m
 all its runs together clear the bar and the confirmation runs alone (``purpose == "confirm"``,
 else every run but the first) clear it too. With the defaults this keeps the false-merge rate of
 zero-effect candidates near 0.3 % while a real 0.01 bpb gain still merges ~97 % of the time
-(tests/policy/test_judge.py simulates both).
+(tests/policy/test_judge.py simulates both). The first look's luck is shared by the line runs it
+was compared with (a line measured high lets neutral candidates through, and then looks high to
+their confirmations too), so where ``baseline_runs`` line runs were queued after the confirmation
+(``fresh_line_runs``: a farm with workers to spare queues them beside it) the confirmation alone is
+judged against those.
 
 Actions: "merge"; "discard" (failed, cheated, over the VRAM cap, not better, or did not
 replicate); "confirm" (queue one more run on the same accelerator, purpose confirm); "rebase"
@@ -237,6 +241,24 @@ def _replication_runs(ok: Sequence[Result]) -> list[Result]:
     return ordered[1:]
 
 
+def job_order(job_id: str) -> int:
+    """The order in which jobs were queued: the farm numbers them in sequence (``j000123``)."""
+    digits = "".join(ch for ch in job_id if ch.isdigit())
+    return int(digits) if digits else -1
+
+
+def fresh_line_runs(line_runs: Sequence[Result], replication: Sequence[Result]) -> list[Result]:
+    """The line's runs queued after the replication runs were: measured after the candidate was
+    selected. A first look passes more easily where the line was measured high by luck, so the
+    runs the first look was compared with are, given that it passed, biased high; the confirmation
+    is judged against the fresh ones alone when there are ``baseline_runs`` of them (a farm with
+    workers to spare queues that many beside a confirmation), else against all of them."""
+    if not replication:
+        return []
+    after = min(job_order(r.job) for r in replication)
+    return [r for r in line_runs if job_order(r.job) > after]
+
+
 def decide(
     cand: Candidate,
     results: Sequence[Result],
@@ -312,16 +334,20 @@ def decide(
     if ev.n_cand < 2:
         return out("confirm", f"{text} -> confirm")
     rep = _replication_runs(ok)
-    rev = _evaluate([float(r.val_bpb) for r in rep], line_vals, sigma, net, cfg, independent)  # type: ignore[arg-type]
-    nums.update(rep_delta=rev.delta, rep_margin=rev.margin, n_rep=rev.n_cand)
+    line_ok = [r for r in line.results if _usable(r) and r.accelerator == acc]
+    fresh = fresh_line_runs(line_ok, rep)
+    ref = [float(r.val_bpb) for r in fresh] if len(fresh) >= max(1, cfg.baseline_runs) else line_vals  # type: ignore[arg-type]
+    rev = _evaluate([float(r.val_bpb) for r in rep], ref, sigma, net, cfg, independent)  # type: ignore[arg-type]
+    nums.update(rep_delta=rev.delta, rep_margin=rev.margin, n_rep=rev.n_cand, n_rep_line=rev.n_ref)
     if not _passes(rev, ev.kind):
         bar = -rev.required if ev.kind == "win" else rev.margin
         return out(
             "discard",
             f"{text}, but the confirmation alone is {rev.delta:+.4f} (needs < {bar:+.4f}, "
-            f"{rev.n_cand} run(s)): did not replicate -> discard",
+            f"{rev.n_cand} run(s) vs {rev.n_ref}{' fresh' if ref is not line_vals else ''}): did not replicate -> discard",
         )
-    return out("merge", f"{text}, confirmed ({rev.delta:+.4f} on its own) -> merge")
+    against = f" vs {rev.n_ref} fresh line runs" if ref is not line_vals else ""
+    return out("merge", f"{text}, confirmed ({rev.delta:+.4f} on its own{against}) -> merge")
 
 
 def overtime(cand: Sequence[Result], line: Sequence[Result], cfg: JudgeSettings = JudgeSettings()) -> str | None:

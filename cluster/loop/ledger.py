@@ -3,8 +3,9 @@
 The controller is the only writer of jobs and results, so it can count instead of asking Redis:
 
 - :class:`OpenJobs` counts the open (queued or running) jobs per candidate and per commit,
-  remembers the base each candidate with open jobs was last written on, and hands out each
-  commit's seeds in order. It is rebuilt from the
+  remembers the base each candidate with open jobs was last written on, and hands out the seeds of
+  each commit's code in order (keyed by ``code_of``, the commit's tree: a revert to code measured
+  before, under another commit, goes on with new seeds instead of repeating its old draws). It is rebuilt from the
   store on start and on resume, and every job the loop queues goes through :meth:`OpenJobs.enqueue`.
 - :class:`Measurements` indexes every accepted result by the commit it measured, loaded once.
 """
@@ -12,20 +13,22 @@ The controller is the only writer of jobs and results, so it can count instead o
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 from cluster.records import Candidate, Job, Purpose, Result
 from cluster.store import Store
 
 
 class OpenJobs:
-    def __init__(self, store: Store, measured: Measurements):
+    def __init__(self, store: Store, measured: Measurements, code_of: Callable[[str], str] | None = None):
         self.store, self.measured = store, measured
+        self._code_of = code_of or (lambda commit: commit)
+        self._codes: dict[str, str] = {}  # commit -> its code key, as code_of gave it
         self.open: dict[str, tuple[str, str]] = {}  # job id -> (candidate, commit)
         self.by_cand: Counter[str] = Counter()
         self.by_commit: Counter[str] = Counter()
         self.bases: dict[str, str] = {}  # candidate with open jobs -> its base, as last written
-        self.seeds: Counter[str] = Counter()  # commit -> seeds handed out so far (the next is this + 1)
+        self.seeds: Counter[str] = Counter()  # code (tree) -> seeds handed out so far (the next is this + 1)
         self.rebuild()
 
     def rebuild(self) -> None:
@@ -42,27 +45,37 @@ class OpenJobs:
         self.bases = {c.id: c.base for c in self.store.get_candidates(sorted(self.by_cand))}
         # (a run recorded before the farm assigned seeds used an unknown one: it counts as one more)
         for commit, results in self.measured.by_commit.items():
+            code = self.code(commit)
             for r in results:
-                self.seeds[commit] = max(self.seeds[commit], r.seed) if r.seed else self.seeds[commit] + 1
+                self.seeds[code] = max(self.seeds[code], r.seed) if r.seed else self.seeds[code] + 1
+
+    def code(self, commit: str) -> str:
+        """The key ``commit``'s seeds are counted under: its code (tree), read once."""
+        if commit not in self._codes:
+            self._codes[commit] = self._code_of(commit)
+        return self._codes[commit]
 
     def enqueue(self, cand: Candidate, purpose: Purpose, front: bool = False, *, job_id: str | None = None,
-                pipeline: Any = None) -> None:
+                pipeline: Any = None) -> Job:
         """Queue a job for ``cand`` (on ``pipeline``, with ``job_id``, when the caller batches), with the
-        next seed of its commit: the k-th measurement of every commit runs on seed k + 1, so repeats of
-        one commit are new draws and a candidate's first run shares seed 1 with the baseline's first."""
-        self.seeds[cand.commit] += 1
+        next seed of its code: the k-th measurement of every commit's code runs on seed k + 1, so repeats
+        of one commit are new draws and a candidate's first run shares seed 1 with the baseline's first."""
+        code = self.code(cand.commit)
+        self.seeds[code] += 1
         job = Job(id=job_id or self.store.next_id("j", 6), cand=cand.id, commit=cand.commit, purpose=purpose.value,
-                  seed=self.seeds[cand.commit])
+                  seed=self.seeds[code])
         self.store.enqueue(job, front=front, pipeline=pipeline)
         self.opened(job)
         self.bases[cand.id] = cand.base
+        return job
 
     def opened(self, job: Job) -> None:
         """``job`` is open (again: a job retargeted onto another commit is counted under the new one)."""
         if job.id in self.open:
             self.closed(job.id)
         self.open[job.id] = (job.cand, job.commit)
-        self.seeds[job.commit] = max(self.seeds[job.commit], job.seed or 0)  # (a job moved onto a new commit)
+        code = self.code(job.commit)
+        self.seeds[code] = max(self.seeds[code], job.seed or 0)  # (a job moved onto a new commit keeps its seed)
         self.by_cand[job.cand] += 1
         self.by_commit[job.commit] += 1
 

@@ -231,6 +231,13 @@ class FarmRepo:
         return proc.returncode, proc.stderr.decode("utf-8", "replace").strip()
 
     # -- public API ------------------------------------------------------------------------
+    def tree_of(self, commit: str) -> str:
+        """The sha of ``commit``'s root tree: what the commit's code is, whatever commit holds it."""
+        sha, kind, data = self._cat(commit)
+        if kind != "commit":
+            raise RepoError(f"{commit} is not a commit")
+        return data[5:45].decode()  # a commit starts "tree <sha>\n"
+
     def resolve(self, rev: str) -> str:
         """Full sha of the commit ``rev`` names."""
         if not rev or rev.startswith("-"):

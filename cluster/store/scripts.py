@@ -120,8 +120,8 @@ redis.call('HSET', KEYS[2], 'state', '"done"', 'lease_deadline', 'null') return 
 # Take a lost running attempt back: off ``running``, its reason recorded, its ``lost`` count bumped
 # when count_lost is 1; then either failed (lost >= max_lost) or back at the front of the queue.
 #   KEYS     running, job:<id>, queue
-#   ARGV     id, attempt, max_lost, reason (JSON), count_lost (1|0)
-#   returns  'requeued' (front of the queue) | 'failed' (lost >= max_lost) |
+#   ARGV     id, attempt, max_lost, reason (JSON), count_lost (1|0), back (1: to the back of the queue)
+#   returns  'requeued' (front of the queue, or back) | 'failed' (lost >= max_lost) |
 #            'fenced' (not running, or another attempt is current: nothing changed)
 _REQUEUE = """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 'fenced' end
@@ -133,7 +133,8 @@ redis.call('HSET', KEYS[2], 'lease_deadline', 'null', 'last_lost_reason', ARGV[4
 if ARGV[5] == '1' and lost >= tonumber(ARGV[3]) then
   redis.call('HSET', KEYS[2], 'state', '"failed"') return 'failed' end
 redis.call('HSET', KEYS[2], 'state', '"queued"', 'worker', 'null')
-redis.call('LPUSH', KEYS[3], ARGV[1]) return 'requeued'"""
+if ARGV[6] == '1' then redis.call('RPUSH', KEYS[3], ARGV[1]) else redis.call('LPUSH', KEYS[3], ARGV[1]) end
+return 'requeued'"""
 
 # Take a queued job out of the queue (state removed).
 #   KEYS     job:<id>, queue

@@ -232,11 +232,13 @@ class Store:
         ids = self.r.zrangebyscore(self.key("running"), "-inf", f"({float(now)!r}")
         return [Job.from_dict(d) for d in self._load("job", ids)]
 
-    def requeue(self, job_id: str, attempt: int, reason: str, max_lost: int, *, count_lost: bool = True) -> Requeue:
-        """Take a lost running attempt back: REQUEUED (front), FAILED (lost >= max_lost) or
-        FENCED (not running with that attempt). ``count_lost=False`` (a clean stop) never fails it."""
+    def requeue(self, job_id: str, attempt: int, reason: str, max_lost: int, *, count_lost: bool = True,
+                back: bool = False) -> Requeue:
+        """Take a lost running attempt back: REQUEUED (front; ``back``: behind everything queued),
+        FAILED (lost >= max_lost) or FENCED (not running with that attempt). ``count_lost=False`` (a
+        clean stop, a preemption) never fails it."""
         keys = [self.key("running"), self.key("job", job_id), self.key("queue")]
-        args = [job_id, int(attempt), int(max_lost), encode(reason), "1" if count_lost else "0"]
+        args = [job_id, int(attempt), int(max_lost), encode(reason), "1" if count_lost else "0", "1" if back else "0"]
         outcome = self._s["requeue"](keys=keys, args=args)
         log.info("requeue %s attempt %s (%s): %s", job_id, attempt, reason, outcome)
         return Requeue(outcome)

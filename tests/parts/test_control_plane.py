@@ -253,8 +253,9 @@ def test_every_measurement_gets_the_next_seed_of_its_commit_and_resume_goes_on_f
     beside = [j for j in store.queued_jobs() if j.commit == baseline]
     assert [(j.purpose, j.seed) for j in beside] == [(Purpose.BASELINE.value, 4)], "the line is re-measured beside it"
     again = controller(tmp_path, redis_client, 1, resume=True)
-    assert again.jobs.seeds[win.commit] == 2 and again.jobs.seeds[baseline] == 4, "seeds used, rebuilt on resume"
-    for val in (1.0, 0.951):  # the line's fourth run, then the confirmation (a new draw: not the very same number)
+    seeds = again.jobs.seeds
+    assert seeds[again.jobs.code(win.commit)] == 2 and seeds[again.jobs.code(baseline)] == 4, "seeds used, rebuilt on resume"
+    for val in (0.951, 1.0):  # the confirmation (a new draw: not the very same number), then the line's fourth run
         ctrl.dispatch()
         finish(ctrl, "w0", val_bpb=val)
     ctrl.judge()
@@ -294,3 +295,122 @@ def test_a_target_that_seeds_itself_is_recorded_so_and_judged_on_the_prior(tmp_p
     assert ctrl.line().same_seed, "the judge is told: no measured floor, repeats are one draw"
     farm = controller(tmp_path, redis_client, 1, name="farm-seeded")
     assert not farm.same_seed and farm.store.run_meta()["seeding"] == "farm"
+
+
+# -- near-duplicates are refused before they cost GPU time -------------------------------------
+BONUS_UP = [{"name": "BONUS", "old": 0.001, "new": 0.05, "direction": "+"}]  # as the search records it
+
+
+def refusal(ctrl: Controller, description: str) -> str | None:
+    """The reason candidate ``description`` was refused for (None: admitted), after checking that a
+    refused one has no job and an admitted one a queued one."""
+    cand = next(c for c in ctrl.store.candidates() if c.description == description)
+    jobs = [j for j in ctrl.store.queued_jobs() if j.cand == cand.id]
+    if cand.state == State.INVALID.value:
+        assert not jobs and not cand.commit, "no GPU time for it"
+        return cand.decision["reason"]
+    assert cand.state == State.QUEUED.value and len(jobs) == 1
+    return None
+
+
+def test_an_llm_proposal_identical_in_effect_to_a_queued_one_is_refused_and_a_different_one_admitted(
+        tmp_path, redis_client):
+    ctrl = controller(tmp_path, redis_client, 1)
+    src = ctrl.repo.read_file(ctrl.main, "train.py")
+    queued = set_constants(src, {"BONUS": "0.05"})
+    assert ctrl.intake.admit_round([Proposal("BONUS 0.001 -> 0.05", queued, "mutate", {"changes": BONUS_UP})]) == 1
+    depth = ctrl.store.queue_depth()
+    llm = [
+        ("same text", queued.replace("a planted improvement", "raised, as program.md suggests")),  # a comment
+        ("same values", set_constants(src, {"BONUS": "5e-2"})),  # the same value, spelt otherwise
+        ("another value", set_constants(src, {"BONUS": "0.06"})),
+        ("same values and code", queued + "\nprint('and a line of its own')\n"),  # more than the constant
+        ("UNUSED 11", set_constants(src, {"UNUSED": "11"})),
+        ("UNUSED 11 again", set_constants(src, {"UNUSED": "0x0B"})),  # its twin in the same round
+        ("comments only", src.replace("a planted improvement", "a planted gain")),
+    ]
+    admitted = ctrl.intake.admit_round([Proposal(d, s, "llm", {}) for d, s in llm])
+    assert admitted == 3 and ctrl.store.queue_depth() == depth + 3
+    assert refusal(ctrl, "same values") == ("near-duplicate of c0002, queued (same constants to the same values: "
+                                            "BONUS 0.001 -> 0.05)")
+    assert refusal(ctrl, "same text") == "near-duplicate of c0002, queued (the same train.py up to comments and layout)"
+    assert refusal(ctrl, "UNUSED 11 again") == ("near-duplicate of c0007, proposed with it (same constants to the "
+                                                "same values: UNUSED 10 -> 11)")
+    assert refusal(ctrl, "comments only").startswith("near-duplicate of its base: only comments or layout")
+    assert [refusal(ctrl, d) for d in ("another value", "same values and code", "UNUSED 11")] == [None] * 3
+    # the search dedupes itself (its own history), so its proposals are not held to this
+    assert ctrl.intake.admit_round([Proposal("BONUS 0.001 -> 0.05 (search)", set_constants(src, {"BONUS": "5e-2"}),
+                                             "mutate", {"changes": BONUS_UP})]) == 1
+
+
+def test_a_human_patch_repeating_a_measured_change_is_refused_and_a_moved_main_line_is_another_experiment(
+        tmp_path, redis_client):
+    ctrl = controller(tmp_path, redis_client, 1)
+    store, src = ctrl.store, ctrl.repo.read_file(ctrl.main, "train.py")
+    ctrl.intake.admit_round(proposals(ctrl, [{"UNUSED": "2"}, {"BONUS": "0.05"}, {"UNUSED": "3"}]))
+    measured, win, waits = (store.get_candidate(f"c{i:04d}") for i in (2, 3, 4))
+    for cand, action in ((measured, "discard"), (win, "merge")):
+        job = next(j for j in store.queued_jobs() if j.cand == cand.id)
+        assert store.remove_from_queue(job.id)
+        ctrl.jobs.closed(job.id)
+        store.transition(cand.id, {State.QUEUED.value}, State.FINISHED.value)
+        if action == "discard":
+            ctrl.apply(store.get_candidate(cand.id), judge_policy.Decision("discard", "planted"), ctrl.line())
+            assert store.get_candidate(cand.id).state == State.DISCARDED.value
+            # on the same main line, a human patch repeating it (spelt otherwise) is refused
+            assert not ctrl.intake.admit(Proposal("again", set_constants(src, {"UNUSED": "0b10"}), "human", {}))
+            assert refusal(ctrl, "again") == ("near-duplicate of c0002, discarded (same constants to the same "
+                                              "values: UNUSED 10 -> 2)")
+    ctrl.apply(store.get_candidate(win.id), judge_policy.Decision("merge", "planted"), ctrl.line())
+    assert ctrl.main == win.commit
+    new_src = ctrl.repo.read_file(ctrl.main, "train.py")
+    # c0002 was measured on the old main line: on the new one the same move is another experiment ...
+    assert ctrl.intake.admit(Proposal("UNUSED 2 on the new line", set_constants(new_src, {"UNUSED": "2"}), "human", {}))
+    # ... but a candidate still queued on the old one moves onto the new one before it runs
+    assert ctrl.intake.admit_round([Proposal("UNUSED 3 on the new line", set_constants(new_src, {"UNUSED": "3"}),
+                                             "llm", {})]) == 0
+    assert refusal(ctrl, "UNUSED 3 on the new line") == (f"near-duplicate of {waits.id}, queued (same constants to "
+                                                         "the same values: UNUSED 10 -> 3)")
+
+
+def test_the_history_lists_what_each_pending_candidate_moves(tmp_path, redis_client):
+    from proposer.mutate import MutateProposer, constant_changes
+
+    ctrl = controller(tmp_path, redis_client, 2)
+    src = ctrl.repo.read_file(ctrl.main, "train.py")
+    with_code = set_constants(src, {"UNUSED": "8"}) + "\nprint('and a line of its own')\n"
+    ctrl.intake.admit_round([
+        Proposal("BONUS 0.001 -> 0.05", set_constants(src, {"BONUS": "0.05"}), "mutate", {"changes": BONUS_UP}),
+        Proposal("UNUSED and code", with_code, "llm", {}),
+        Proposal("code only", src + "\nprint('only code')\n", "agent", {}),
+        Proposal("crash", set_constants(src, {"MODE": '"crash"', "SLEEP": "0.2"}), "human", {"changes": {"MODE": "x"}}),
+    ])
+    h = ctrl.intake.history(ctrl.main)
+    assert h.pending_descriptions == ["baseline", "BONUS 0.001 -> 0.05", "UNUSED and code", "code only", "crash"]
+    assert h.pending_changes == [
+        [], BONUS_UP, [{"name": "UNUSED", "old": 10, "new": 8, "direction": "-"}], [],
+        [{"name": "MODE", "old": "ok", "new": "crash", "direction": "+"},
+         {"name": "SLEEP", "old": 0.3, "new": 0.2, "direction": "-"}]]
+    # the offline search, told so, moves the constants with nothing in flight first (NOISE, JITTER: MODE is
+    # left out), then a direction not in flight (nor moved by the round so far)
+    props = MutateProposer(seed=1, exclude=("MODE",), two_change_prob=0.0).propose(3, h)
+    moved = [(c["name"], c["direction"]) for p in props for c in p.meta["changes"]]
+    assert {n for n, _ in moved[:2]} == {"NOISE", "JITTER"}, moved
+    assert moved[2] not in {("BONUS", "+"), ("UNUSED", "-"), ("SLEEP", "-"), *moved[:2]}, moved
+    # a merge; the candidates taken next are rebased onto the new main line: their changes are read again
+    win = ctrl.store.get_candidate("c0002")
+    job = next(j for j in ctrl.store.queued_jobs() if j.cand == win.id)
+    assert ctrl.store.remove_from_queue(job.id)
+    ctrl.jobs.closed(job.id)
+    ctrl.store.transition(win.id, {State.QUEUED.value}, State.FINISHED.value)
+    ctrl.apply(ctrl.store.get_candidate(win.id), judge_policy.Decision("merge", "planted"), ctrl.line())
+    for _ in range(5):
+        ctrl.take("w0")
+    h = ctrl.intake.history(ctrl.main)
+    pending = [c for c in ctrl.store.candidates() if c.state in ("queued", "running", "finished")]
+    assert h.pending_descriptions == [c.description for c in pending]
+    expect = [c.meta["changes"] if c.origin == "mutate" else
+              constant_changes(ctrl.repo.read_file(c.base, "train.py"), ctrl.repo.read_file(c.commit, "train.py"))[0]
+              for c in pending]
+    assert h.pending_changes == expect
+    assert any(c.meta.get("rebased_from") for c in pending), "the test rebased something"
