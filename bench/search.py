@@ -87,6 +87,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cluster.config import SearchSettings
 from bench.simfarm import (
     FLOORS,
     LINE_MODES,
@@ -110,14 +111,15 @@ log = logging.getLogger("bench.search")
 def experiment(workers: int | list[int], seeds: list[int], hours: float, run_seconds: float, *,
                scale: float = SCALE, confirm_runs: int = 1, learn_from_stale: bool = False,
                source: str | None = None, noise: Noise | None = None, line: str = "honest",
-               floor: str = "pooled") -> dict[str, Any]:
+               floor: str = "pooled", search: SearchSettings | None = None, diversity: bool = True) -> dict[str, Any]:
     """1-worker runs for 2 x ``hours`` (target: their median best after ``hours``), then for each count in
     ``workers`` runs until they reach the target (at most 2 x ``hours``). ``rows``: the 1-worker row, then
     one per count, each with its speedup and GPU-hour ratios; the top-level ratios are the last count's."""
     counts = [workers] if isinstance(workers, int) else list(workers)
     horizon = 2 * hours * 3600
     common: dict[str, Any] = {"run_seconds": run_seconds, "source": source, "scale": scale,
-                              "learn_from_stale": learn_from_stale, "noise": noise, "line": line, "floor": floor}
+                              "learn_from_stale": learn_from_stale, "noise": noise, "line": line, "floor": floor,
+                              "search": search, "diversity": diversity}
     seq = [Sim(1, s, **common) for s in seeds]
     base_true = seq[0].true("k0")
     seq_out = []
@@ -138,11 +140,17 @@ def experiment(workers: int | list[int], seeds: list[int], hours: float, run_sec
         cut = [t if math.isfinite(t) else horizon for t in times]
         merges = [m for o, t in zip(outs, cut) for m in o.merges if m["t"] <= t]
         per_merge = [gpu_hours_per_merge(o, t) for o, t in zip(outs, times) if math.isfinite(t)]
+        per_change = [gpu_hours_per_merge(o, t, changes=True) for o, t in zip(outs, times) if math.isfinite(t)]
         return {
             "workers": label, "hours": [t / 3600 for t in times], "median_h": statistics.median(times) / 3600,
             "gpu_h": label * statistics.median(times) / 3600,
             "runs": statistics.median(sum(s <= t for s in o.starts) for o, t in zip(outs, cut)),
             "merges": len(merges) / len(outs), "gpu_h_per_merge": statistics.median(per_merge) if per_merge else math.inf,
+            "changes": sum(m.get("changes", 1) for m in merges) / len(outs),
+            "gpu_h_per_change": statistics.median(per_change) if per_change else math.inf,
+            "combos": sum(o.combos for o in outs) / len(outs), "combos_merged": sum(o.combos_merged for o in outs) / len(outs),
+            "speculative": sum(o.speculative for o in outs) / len(outs),
+            "preempted": sum(o.preempted for o in outs) / len(outs),
             "false": sum(m["after"] >= m["before"] for m in merges), "merged": len(merges),
             "stale": sum(o.stale for o in outs) / len(outs), "retests": sum(o.retests for o in outs) / len(outs),
             "repeats": sum(o.repeats for o in outs) / len(outs),
@@ -161,11 +169,13 @@ def experiment(workers: int | list[int], seeds: list[int], hours: float, run_sec
         many = row(n, par_out, tn)
         many.update(speedup=speedup(t1, tn), speedup_80=bootstrap(t1, tn),
                     gpu_h_ratio=many["gpu_h_per_merge"] / one["gpu_h_per_merge"],
+                    gpu_h_change_ratio=many["gpu_h_per_change"] / one["gpu_h_per_change"],
                     gpu_h_to_target_ratio=many["gpu_h"] / one["gpu_h"])
         rows.append(many)
     last = rows[-1]
     return {"seeds": seeds, "hours": hours, "run_seconds": run_seconds, "baseline_true": base_true, "target": target,
             "speedup": last["speedup"], "speedup_80": last["speedup_80"], "gpu_h_ratio": last["gpu_h_ratio"],
+            "gpu_h_change_ratio": last["gpu_h_change_ratio"],
             "rows": rows}
 
 
@@ -203,6 +213,35 @@ def _print_pairing(noise: Noise, draws: int) -> None:
               f"{p['between_candidates_corr']:.2f}")
 
 
+def _plot(results: list[tuple[Noise, dict[str, Any]]], path: str, features: str) -> None:
+    """Speedup to the 1-worker target against workers (log-log, with the ideal line), one curve per noise model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    top = 1
+    for noise, r in results:
+        rows = r["rows"]
+        xs = [x["workers"] for x in rows]
+        ys = [1.0] + [x["speedup"] for x in rows[1:]]
+        lo = [0.0] + [x["speedup"] - x["speedup_80"][0] for x in rows[1:]]
+        hi = [0.0] + [x["speedup_80"][1] - x["speedup"] for x in rows[1:]]
+        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=f"{noise.model} noise (80 % interval)")
+        top = max(top, *xs)
+    ax.plot([1, top], [1, top], ls="--", color="grey", label="ideal: N workers, N times sooner")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("workers")
+    ax.set_ylabel("speedup to the 1-worker target")
+    ax.set_title("bench/search.py: time to the 1-worker farm's 24 h best", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.text(0.01, -0.16, f"search: {features}", transform=ax.transAxes, fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="See the module docstring for what is and is not modelled.")
@@ -238,8 +277,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--learn-from-stale", action="store_true",
                     help="policy variant (the farm before 2026-11-26): stale candidates go into the proposer's history "
                          "as status 'stale', which the mutate bandit scores like a crash; the farm leaves them out")
+    off = ap.add_argument_group("the parallel-native search (cluster/loop/plan.py, [search]); each is on by default")
+    off.add_argument("--no-combine", action="store_true", help="no combinations of the winners of one window")
+    off.add_argument("--no-speculate", action="store_true", help="no new candidates on top of a winner in confirmation")
+    off.add_argument("--no-early-line", action="store_true",
+                     help="a merged commit's line runs start after its merge, not beside its confirmation")
+    off.add_argument("--no-preempt", action="store_true", help="no first look gives its worker to the critical path")
+    off.add_argument("--no-diversity", action="store_true",
+                     help="the proposer is not shown the changes in flight (History.pending_changes)")
+    off.add_argument("--min-workers", type=int, default=SearchSettings().min_workers,
+                     help="speculation, early line runs and preemption from this many workers on (default %(default)s)")
+    off.add_argument("--classic", action="store_true",
+                     help="all of the above off: the search before the parallel-native rules")
     ap.add_argument("--pairing-draws", type=int, default=20000,
                     help="simulated neutral candidates for the pairing figures (default %(default)s, ~3 s)")
+    ap.add_argument("--plot", metavar="PNG", help="write the speedup curve (workers against speedup) to this file")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
@@ -248,6 +300,14 @@ def main(argv: list[str] | None = None) -> int:
     if not counts:
         ap.error("--workers needs at least one count above 1")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    search = SearchSettings(combine=not (args.no_combine or args.classic),
+                            speculate=not (args.no_speculate or args.classic),
+                            early_line_runs=not (args.no_early_line or args.classic),
+                            preempt_seconds=0.0 if (args.no_preempt or args.classic) else SearchSettings().preempt_seconds,
+                            min_workers=args.min_workers)
+    features = ", ".join(f"{k} {getattr(search, k)}" for k in ("combine", "speculate", "early_line_runs",
+                                                                "preempt_seconds", "min_workers"))
+    features += f", diversity {not (args.no_diversity or args.classic)}"
     t0 = time.time()
     results = []
     for model in args.noise:
@@ -255,10 +315,11 @@ def main(argv: list[str] | None = None) -> int:
         t_model = time.time()
         r = experiment(counts, list(range(args.seeds)), args.hours, args.run_seconds, scale=args.scale,
                        confirm_runs=args.confirm_runs, learn_from_stale=args.learn_from_stale, noise=noise,
-                       line=args.line, floor=args.floor)
+                       line=args.line, floor=args.floor, search=search,
+                       diversity=not (args.no_diversity or args.classic))
         results.append((noise, r))
         rows = r["rows"]
-        print(f"noise {noise.describe()}; line {args.line}; floor {args.floor}")
+        print(f"noise {noise.describe()}; line {args.line}; floor {args.floor}; search: {features}")
         print(f"landscape: baseline TRUE val_bpb {r['baseline_true']:.4f}; target {r['target']:.4f} (median best of the "
               f"1-worker runs after {args.hours:g} h); {args.seeds} seeds; {args.run_seconds:g} s per run; "
               f"scale {args.scale:g}; confirm runs {args.confirm_runs}; stale outcomes "
@@ -266,31 +327,38 @@ def main(argv: list[str] | None = None) -> int:
         for x in rows:
             print(f"{x['workers']} worker(s): hours to target per seed: {_fmt_h(x['hours'])}; runs by purpose "
                   f"{x['purposes']}; per seed {x['stale']:.1f} stale, {x['retests']:.1f} re-tested after a win on an "
-                  f"old base, {x['repeats']:.1f} measurements of a (code, seed) measured before")
+                  f"old base, {x['repeats']:.1f} measurements of a (code, seed) measured before, {x['combos']:.1f} "
+                  f"combinations ({x['combos_merged']:.1f} merged), {x['speculative']:.1f} first looks on a frontier, "
+                  f"{x['preempted']:.1f} preempted")
         print()
-        print("| workers | median h to target | GPU-h to target | runs to target | merges to target | GPU-h per merge "
-              "| false merges |\n|---|---|---|---|---|---|---|")
+        print("| workers | median h to target | GPU-h to target | runs to target | merges to target | changes merged "
+              "| GPU-h per merge | GPU-h per merged change | false merges |\n|---|---|---|---|---|---|---|---|---|")
         for x in rows:
             print(f"| {x['workers']} | {x['median_h']:.2f} | {x['gpu_h']:.1f} | {x['runs']:.0f} | {x['merges']:.1f} | "
-                  f"{x['gpu_h_per_merge']:.2f} | {x['false']} of {x['merged']} |")
+                  f"{x['changes']:.1f} | {x['gpu_h_per_merge']:.2f} | {x['gpu_h_per_change']:.2f} | "
+                  f"{x['false']} of {x['merged']} |")
         print()
         for x in rows[1:]:
             lo, hi = x["speedup_80"]
             print(f"{x['workers']} workers: speedup {x['speedup']:.1f}x (80 % bootstrap interval over seeds {lo:.1f}x to "
                   f"{hi:.1f}x); GPU-h to target {x['gpu_h_to_target_ratio']:.2f}x sequential; GPU-h per merge "
-                  f"{x['gpu_h_ratio']:.2f}x sequential")
+                  f"{x['gpu_h_ratio']:.2f}x, per merged change {x['gpu_h_change_ratio']:.2f}x sequential")
         print(f"({time.time() - t_model:.0f} s)\n")
-    if len(results) > 1:
-        print(f"summary ({args.seeds} seeds, {args.hours:g} h target, line {args.line}, floor {args.floor}):\n")
-        print("| noise | workers | speedup to the 1-worker target (80 % interval) | GPU-h per merge | "
-              "vs 1 worker | false merges |\n|---|---|---|---|---|---|")
-        for noise, r in results:
-            for x in r["rows"]:
-                sp = "1" if x["workers"] == 1 else f"{x['speedup']:.1f}x ({x['speedup_80'][0]:.1f}-{x['speedup_80'][1]:.1f}x)"
-                ratio = "1" if x["workers"] == 1 else f"{x['gpu_h_ratio']:.2f}x"
-                print(f"| {noise.model} | {x['workers']} | {sp} | {x['gpu_h_per_merge']:.2f} | {ratio} | "
-                      f"{_pct(x['false'], x['merged'])} |")
-        print()
+    print(f"summary ({args.seeds} seeds, {args.hours:g} h target, line {args.line}, floor {args.floor}; search: "
+          f"{features}):\n")
+    print("| noise | workers | speedup to the 1-worker target (80 % interval) | GPU-h to target vs 1 | GPU-h per merge "
+          "vs 1 | GPU-h per merged change vs 1 | false merges |\n|---|---|---|---|---|---|---|")
+    for noise, r in results:
+        for x in r["rows"]:
+            one_w = x["workers"] == 1
+            sp = "1" if one_w else f"{x['speedup']:.1f}x ({x['speedup_80'][0]:.1f}-{x['speedup_80'][1]:.1f}x)"
+            ratios = ["1"] * 3 if one_w else [f"{x[k]:.2f}x" for k in ("gpu_h_to_target_ratio", "gpu_h_ratio",
+                                                                      "gpu_h_change_ratio")]
+            print(f"| {noise.model} | {x['workers']} | {sp} | {' | '.join(ratios)} | {_pct(x['false'], x['merged'])} |")
+    print()
+    if args.plot:
+        _plot(results, args.plot, features)
+        print(f"plot: {args.plot}")
     for noise, _ in results:
         if noise.model == "gpu":
             _print_pairing(noise, args.pairing_draws)
@@ -298,11 +366,14 @@ def main(argv: list[str] | None = None) -> int:
     noise, r = results[0]
     one, many = r["rows"][0], r["rows"][-1]
     print(f"({time.time() - t0:.0f} s in all)")
-    print(f"HEADLINE search: {many['workers']} workers reach the target {many['speedup']:.1f}x sooner than 1 "
-          f"(target >= 12x) | GPU-h per merged improvement {many['gpu_h_ratio']:.2f}x sequential (target <= 1.5x) | "
-          f"false merges {100 * many['false'] / max(1, many['merged']):.1f}% at {many['workers']} workers, "
-          f"{100 * one['false'] / max(1, one['merged']):.1f}% at 1 (target <= 5%) | {noise.model} noise, "
-          f"line {args.line}, floor {args.floor}")
+    by_n = {x["workers"]: x for x in r["rows"][1:]}
+    at = " | ".join(f"{n} workers {by_n[n]['speedup']:.1f}x sooner" for n in sorted(by_n))
+    false_max = max(x["false"] / max(1, x["merged"]) for x in r["rows"][1:])
+    print(f"HEADLINE search: {at} than 1 (targets >= 14x at 16, >= 35x at 64) | GPU-h per merged change "
+          f"{many['gpu_h_change_ratio']:.2f}x, per merge {many['gpu_h_ratio']:.2f}x, to target "
+          f"{many['gpu_h_to_target_ratio']:.2f}x sequential at {many['workers']} (target <= 1.2x at 16) | false merges "
+          f"at most {100 * false_max:.1f}% with many workers, {100 * one['false'] / max(1, one['merged']):.1f}% at 1 "
+          f"(target <= 2%) | {noise.model} noise; search: {features}")
     return 0
 
 

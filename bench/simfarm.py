@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.config import JudgeSettings
-from cluster.loop import judge
+from cluster.config import JudgeSettings, SearchSettings
+from cluster.loop import judge, plan
 from cluster.records import Candidate, Purpose, Result, RunStatus, State
 from cluster.repo.merge import merge_lines
 from proposer import mutate
@@ -173,9 +173,10 @@ def bootstrap(t_one: list[float], t_many: list[float], n: int = 2000, seed: int 
     return (xs[len(xs) // 10], xs[(len(xs) * 9) // 10]) if xs else (math.nan, math.nan)
 
 
-def gpu_hours_per_merge(o: Outcomes, until: float) -> float:
-    """GPU-hours (workers x wall time, idle or busy) up to ``until`` per merge made by then."""
-    merges = sum(m["t"] <= until for m in o.merges)
+def gpu_hours_per_merge(o: Outcomes, until: float, changes: bool = False) -> float:
+    """GPU-hours (workers x wall time, idle or busy) up to ``until`` per merge made by then; with ``changes``,
+    per merged change (a combination of k candidates merges k changes at once)."""
+    merges = sum(m.get("changes", 1) if changes else 1 for m in o.merges if m["t"] <= until)
     return o.workers * until / 3600 / merges if merges else math.inf
 
 
@@ -241,6 +242,7 @@ class Job:
     commit: str
     purpose: str
     seed: int = 0  # the k-th job ever queued for a commit gets seed k + 1 (cluster/loop/ledger.py: OpenJobs)
+    front: bool = False  # queued at the front: on the critical path of a merge (confirmations, line runs)
 
 
 @dataclass
@@ -253,6 +255,12 @@ class Outcomes:
     starts: list[float] = field(default_factory=list)  # when each run started
     stale: int = 0
     retests: int = 0
+    combos: int = 0  # combinations queued
+    combos_merged: int = 0
+    speculative: int = 0  # measurements made on a frontier (a base not yet the main line)
+    speculative_lost: int = 0  # of those, on a frontier that did not merge
+    preempted: int = 0  # runs stopped just after they started, to make room for the critical path
+    preempted_s: float = 0.0  # worker seconds those had run
     repeats: int = 0  # measurements of a (code, seed) measured before: the GPU-like model repeats their error
     end: float = 0.0
 
@@ -272,7 +280,8 @@ class Sim:
                  line: str = "honest", floor: str = "pooled",
                  queue_margin: int = 2, jcfg: JudgeSettings | None = None,
                  source: str | None = None, exact_fingerprint: bool = False, scale: float = SCALE,
-                 confirm_runs: int = 1, learn_from_stale: bool = False) -> None:
+                 confirm_runs: int = 1, learn_from_stale: bool = False,
+                 search: SearchSettings | None = None, diversity: bool = True, seed_by_code: bool = True) -> None:
         if line not in LINE_MODES or floor not in FLOORS:
             raise ValueError(f"line must be one of {LINE_MODES} and floor one of {FLOORS}, not {line!r}, {floor!r}")
         self.scale, self.confirm_runs, self.line_mode, self.floor = scale, confirm_runs, line, floor
@@ -281,6 +290,14 @@ class Sim:
         self.noise = noise or Noise()
         self.w, self.seed, self.run_s, self.margin = workers, seed, run_seconds, queue_margin
         self.jcfg = jcfg or JudgeSettings()
+        self.scfg = search or SearchSettings()
+        self.diversity = diversity  # the proposer sees the changes in flight (History.pending_changes)
+        self.seed_by_code = seed_by_code  # seeds count per code (tree), not per commit
+        self.parallel = plan.parallel(self.scfg, workers)
+        self.confirming: dict[str, float] = {}  # candidate in confirmation on the main line -> expected delta
+        self.combined: set[frozenset[str]] = set()  # member sets combined so far
+        self.pinned: set[str] = set()  # measured on the main line: their change conflicts with the frontier
+        self.near: dict[str, dict[str, float]] = collections.defaultdict(dict)  # line -> near misses' deltas
         self.rng = random.Random(f"search-{seed}-{workers}")
         self.proposer = MutateProposer(seed=seed, profile="gpu")
         src = source if source is not None else TRAIN_PY.read_text()
@@ -288,6 +305,7 @@ class Sim:
         self.sources = {"k0": src}
         self.code = {"k0": text_fingerprint(src)}  # the code hash the noise model keys on
         self.seeds: collections.Counter[str] = collections.Counter()  # commit -> seeds handed out so far
+        self.line_queued: collections.Counter[str] = collections.Counter()  # commit -> line runs queued so far
         self.drawn: set[tuple[str, int]] = set()  # (code hash, seed) pairs measured so far
         self.consts: dict[str, dict[str, Any]] = {"k0": {k: c.value for k, c in _Surface(src).consts.items()}}
         self.cands: dict[str, Candidate] = {}
@@ -299,8 +317,10 @@ class Sim:
         self.by_commit: dict[str, list[Result]] = collections.defaultdict(list)
         self.queue: collections.deque[Job] = collections.deque()
         self.running: dict[int, Job] = {}
+        self.started: dict[int, float] = {}  # worker -> when its running job started
         self.events: list[tuple[float, int, int, Job, float]] = []
         self.main, self.dry, self.dirty = "k0", 0, True
+        self.asked_on = "k0"  # the base the proposer was last asked on
         self.lineage = ["k0"]  # every commit the main line has been, for the pooled noise floor
         base = self._cand("k0", "k0", "baseline", "baseline", {}, 0)
         self.line_cand = {"k0": base}  # main-line commit -> the candidate that holds it
@@ -325,9 +345,23 @@ class Sim:
             self.tried[base].add(meta["fingerprint"])
         return c
 
+    def _enqueue_front(self, items: list[tuple[Candidate, Purpose]]) -> None:  # OpenJobs.enqueue_front
+        """Queue ``items`` at the front, in this order, their seeds handed out in this order too."""
+        at = len(self.queue)
+        for cand, purpose in items:
+            self._enqueue(cand, purpose)
+        jobs = [self.queue.pop() for _ in range(len(self.queue) - at)]  # (the new ones, last first)
+        for job in jobs:
+            job.front = True
+            self.queue.appendleft(job)
+
     def _enqueue(self, cand: Candidate, purpose: Purpose, front: bool = False) -> None:
-        self.seeds[cand.commit] += 1  # the k-th job ever queued for a commit runs on seed k + 1
-        job = Job(self._id("j"), cand.id, cand.commit, purpose.value, self.seeds[cand.commit])
+        # the k-th job ever queued for a commit's code runs on seed k + 1 (OpenJobs: keyed by the tree, so a
+        # source measured before under another commit, a revert, goes on with new seeds)
+        key = self.code[cand.commit] if self.seed_by_code else cand.commit
+        self.seeds[key] += 1
+        self.line_queued[cand.commit] += purpose == Purpose.BASELINE
+        job = Job(self._id("j"), cand.id, cand.commit, purpose.value, self.seeds[key], front)
         self.queue.appendleft(job) if front else self.queue.append(job)
 
     def _open(self, commit: str | None = None, cand: str | None = None) -> bool:
@@ -362,7 +396,7 @@ class Sim:
         """The noise sigma the judge uses now (on the sim's one accelerator)."""
         return judge.line_sigma(self.line(), "sim", self.jcfg)
 
-    def _history(self) -> History:  # cluster/loop/intake.py: Intake.history
+    def _history(self, base: str) -> History:  # cluster/loop/intake.py: Intake.history
         """What the proposer sees, kept incrementally like Intake.history (a candidate's outcome is fixed once
         it is in a terminal state): the final candidates' outcomes in creation order, the fingerprints tried
         on the main line, the pending descriptions."""
@@ -382,39 +416,116 @@ class Sim:
             for arm, score in _arm_scores([o]).items():  # sums of multiples of 1/4: exact in any order
                 self.scores[arm] += score
         best = [r.val_bpb for r in self.line_runs(self.main) if r.val_bpb is not None]
-        base = [r.val_bpb for r in self.line_runs("k0") if r.val_bpb is not None]
-        return History(base_commit=self.main, base_source=self.sources[self.main], tried=set(self.tried[self.main]),
+        first = [r.val_bpb for r in self.line_runs("k0") if r.val_bpb is not None]
+        return History(base_commit=base, base_source=self.sources[base], tried=set(self.tried[base]),
                        outcomes=_Outcomes(self._outcomes, self.scores),
                        pending_descriptions=[c.description for c in self.live.values() if c.state in PENDING],
+                       pending_changes=[c.meta.get("changes") or [] for c in self.live.values()
+                                        if c.state in PENDING and c.origin != "baseline"] if self.diversity else [],
                        best_bpb=statistics.fmean(best) if best else None,
-                       baseline_bpb=statistics.fmean(base) if base else None)
+                       baseline_bpb=statistics.fmean(first) if first else None)
+
+    def front(self) -> str:
+        """Where new work goes (cluster/loop/plan.py): the frontier (the candidate in confirmation expected to
+        gain most) when speculating, else the main line."""
+        if not (self.scfg.speculate and self.parallel):
+            return self.main
+        busy = {m for c in self.confirming for m in plan.members(self.cands[c])}
+        live = [(self.cands[cid], delta) for cid, delta in self.confirming.items()
+                if self.cands[cid].base == self.main and cid not in busy]
+        best = plan.frontier(live)
+        return best.commit if best is not None else self.main
 
     def _fill(self) -> None:
         want = self.w + self.margin - len(self.queue)
+        base = self.front()
+        if base != self.asked_on:  # a merge or a new frontier: new neighbours (Intake.main_moved)
+            self.asked_on, self.dry = base, 0
         if want <= 0 or self.dry >= 3:
             return
         added = 0
-        for p in self.proposer.propose(want, self._history()):
+        for p in self.proposer.propose(want, self._history(base)):
             changes = p.meta.get("changes", [])
-            commit = self._commit(self.main, p.source, changes)
-            changed = sum(a != b for a, b in zip(self.sources[self.main].splitlines(), p.source.splitlines()))
-            cand = self._cand(commit, self.main, p.description, p.origin,
+            commit = self._commit(base, p.source, changes)
+            changed = sum(a != b for a, b in zip(self.sources[base].splitlines(), p.source.splitlines()))
+            cand = self._cand(commit, base, p.description, p.origin,
                               dict(p.meta, fingerprint=self.fp(p.source)), changed)
             self._enqueue(cand, Purpose.MEASURE)
             added += 1
         self.dry = 0 if added else self.dry + 1
 
+    def _take(self) -> Job | None:  # cluster/loop/controller.py: Controller.take
+        """The next job; a queued candidate on another base than the front is first moved onto it (stale on a
+        conflict or when its change is already there: its job is dropped and the next one taken)."""
+        front = self.front()
+        while self.queue:
+            job = self.queue.popleft()
+            cand = self.cands[job.cand]
+            if (job.purpose != Purpose.MEASURE.value or cand.state != State.QUEUED.value or cand.base == front
+                    or cand.id in self.confirming):  # (a combination is measured where it was made)
+                return job
+            if front != self.main and cand.base == self.main and not self._fits(cand, front):
+                self.pinned.add(cand.id)  # (it conflicts with the frontier: measured on the main line)
+                return job
+            self._rebase(cand, front if self._fits(cand, front) else self.main, None, retest=False)
+            if cand.state == State.QUEUED.value:
+                job.commit = cand.commit  # (it keeps its seed, which the new code's count moves past: OpenJobs.opened)
+                key = self.code[cand.commit] if self.seed_by_code else cand.commit
+                self.seeds[key] = max(self.seeds[key], job.seed)
+                return job
+        return None
+
+    def _preempt(self) -> None:  # cluster/loop/controller.py: Controller.preempt
+        """Stop runs that started less than ``preempt_seconds`` ago and have lost their point, to start them
+        again: first looks at a base the work has moved on from (the front changed), and, while critical-path
+        jobs wait for a worker, the most recently started first looks. They go back to the queue, behind the
+        critical jobs (a first look preempts nothing)."""
+        window = self.scfg.preempt_seconds
+        if window <= 0 or not self.parallel:
+            return
+        need = sum(1 for j in self.queue if j.front) - (self.w - len(self.running))
+        front = self.front()
+        young = [(self.started[w], w, front if j.cand in self.pinned else self.cands[j.cand].base)
+                 for w, j in self.running.items()
+                 if j.purpose == Purpose.MEASURE.value and not j.front and j.cand not in self.confirming
+                 and self.cands[j.cand].state == State.RUNNING.value and self.t - self.started[w] <= window]
+        back = []
+        for w in plan.preemptions(young, need, front):
+            job, started = self.running[w], self.started[w]
+            cand = self.cands[job.cand]
+            del self.running[w]
+            cand.state = State.QUEUED.value
+            self.out.runs[job.purpose] -= 1
+            self.out.starts.remove(started)
+            self.out.preempted += 1
+            self.out.preempted_s += self.t - started
+            back.append(job)
+        if back:
+            at = sum(1 for j in self.queue if j.front)  # (the critical jobs are all at the front)
+            for job in reversed(back):
+                self.queue.insert(at, job)
+
+    def _fits(self, cand: Candidate, base: str) -> bool:
+        """Whether ``cand``'s change rebases cleanly onto ``base`` (and is not already there)."""
+        ours, theirs = self.sources[base].encode(), self.sources[cand.commit].encode()
+        merged = None if ours == theirs else merge_lines(self.sources[cand.base].encode(), ours, theirs)
+        return merged is not None and merged != ours
+
     def _dispatch(self) -> None:
         for w in range(self.w):
-            if w in self.running or not self.queue:
+            if w in self.running:
                 continue
-            job = self.queue.popleft()
+            job = self._take()
+            if job is None:
+                return
             cand = self.cands[job.cand]
             if cand.state == State.QUEUED.value:
                 cand.state = State.RUNNING.value
+            if job.purpose == Purpose.MEASURE.value and cand.base != self.main:
+                self.out.speculative += 1
             crash = true_bpb(self.consts[job.commit], self.scale) is None
             seconds = CRASH_SECONDS if crash else self.run_s * (1 + self.rng.uniform(-0.02, 0.02))
-            self.running[w] = job
+            self.running[w], self.started[w] = job, self.t
             heapq.heappush(self.events, (self.t + seconds, self.n, w, job, self.t))
             self.out.runs[job.purpose] += 1
             self.out.starts.append(self.t)
@@ -439,31 +550,101 @@ class Sim:
         if not self._open(cand=cand.id) and cand.state in (State.RUNNING.value, State.QUEUED.value):
             cand.state = State.FINISHED.value
 
-    def _judge(self) -> None:
+    def _own_runs(self, cand: Candidate) -> list[Result]:
+        """A candidate's own runs of its commit (its early line runs, purpose baseline, are the line's)."""
+        return [r for r in self.by_commit[cand.commit] if r.cand == cand.id and r.purpose != Purpose.BASELINE.value]
+
+    def _judge(self) -> None:  # cluster/loop/controller.py: Controller.judge
         if not self.dirty:
             return
         self.dirty = False
         line = self.line()
-        if self._open(commit=self.main):
-            return  # wait for the main line's own numbers
+        # (no pass waits for the line as a whole: a confirmation waits for the line runs queued beside it)
+        waiting_on = {self.cands[c].commit for c in self.confirming}  # a frontier's work waits for its verdict
+        busy = {m for c in self.confirming for m in plan.members(self.cands[c])}  # members of a pending combination
         decisions = []
         for cand in [c for c in self.live.values() if c.state == State.FINISHED.value]:
             if cand.origin == "baseline" or cand.commit == line.commit:
                 cand.state = State.MERGED.value
                 continue
-            results = [r for r in self.by_commit[cand.commit] if r.cand == cand.id]
-            d = judge.decide(cand, results, line, self.jcfg, base_results=self.line_runs(cand.base))
-            decisions.append((cand, d))
-        winner = judge.pick_merge([d for _, d in decisions if d.action == "merge"])
+            if cand.base in waiting_on or cand.id in busy or self._line_behind(cand):
+                continue
+            d = judge.decide(cand, self._own_runs(cand), line, self.jcfg, base_results=self.line_runs(cand.base))
+            decisions.append((cand, plan.verdict(cand, d)))
+        won = plan.winners(decisions, line.commit)
+        for c, d in decisions:
+            if plan.near_miss(c, d, line.commit, self.scfg):
+                self.near[line.commit][c.id] = d.numbers["delta"]
+        pool = [(c, d.numbers["delta"]) for c, d in won] + [
+            (self.cands[cid], delta) for cid, delta in self.near[line.commit].items() if cid not in busy] + [
+            (self.cands[cid], delta) for cid, delta in self.confirming.items()
+            if self.cands[cid].base == line.commit and cid not in busy and not plan.members(self.cands[cid])
+            and cid not in {c.id for c, _ in won}]
+        pending = any(plan.members(self.cands[cid]) and self.cands[cid].base == line.commit for cid in self.confirming)
+        combo = plan.combination(pool, pending, self.combined, self.scfg)
+        if combo:
+            self._combine(combo, dict((c.id, delta) for c, delta in pool), line)
+            busy |= {c.id for c in combo}
+        judged_now = {c.id for c, _ in decisions}  # (those are compared by pick_merge itself)
+        confirming = [(self.cands[cid], delta) for cid, delta in self.confirming.items()
+                      if cid not in busy and cid not in judged_now]
+        winner = judge.pick_merge([d for c, d in decisions if d.action == "merge" and c.id not in busy
+                                   and not plan.hold_merge(c, d.numbers["delta"], confirming)])
         for cand, d in decisions:
-            if d.action == "merge" and cand.id != winner:
+            if cand.id in busy or (d.action == "merge" and cand.id != winner):
                 continue
             if d.action == "measure_line":
                 if not self._open(commit=line.commit):
-                    for _ in range(int(d.numbers.get("line_runs_needed", 1))):
-                        self._enqueue(self.line_cand[line.commit], Purpose.BASELINE, front=True)
+                    self._enqueue_front([(self.line_cand[line.commit], Purpose.BASELINE)]
+                                        * int(d.numbers.get("line_runs_needed", 1)))
                 continue
             self._apply(cand, d, line)
+
+    def _combine(self, parts: list[Candidate], deltas: dict[str, float], line: judge.Line) -> None:
+        """One candidate carrying the changes of ``parts`` (3-way merged in order; a part that conflicts is
+        left out), measured twice at once, with its own line runs when speculating."""
+        self.combined.add(frozenset(c.id for c in parts))
+        base = self.sources[line.commit].encode()
+        merged, used = self.sources[parts[0].commit].encode(), [parts[0]]
+        for c in parts[1:]:
+            got = merge_lines(base, merged, self.sources[c.commit].encode())
+            if got is not None and got != merged:
+                merged, used = got, used + [c]
+        if len(used) < 2:
+            return
+        changes = [ch for c in used for ch in c.meta.get("changes", [])]
+        commit = self._commit(line.commit, merged.decode(), changes)
+        ids = [c.id for c in used]
+        cand = self._cand(commit, line.commit, " + ".join(c.description for c in used), plan.COMBINE,
+                          {"combination": ids, "changes": changes, "member_deltas": {i: deltas[i] for i in ids}},
+                          sum(c.lines_added for c in used))
+        self.out.combos += 1
+        self._enqueue_front([(cand, Purpose.MEASURE), (cand, Purpose.CONFIRM), *self._beside(cand, line)])
+        self.confirming[cand.id] = plan.expected_delta(cand, None, deltas)
+
+    def _beside(self, cand: Candidate, line: judge.Line) -> list[tuple[Candidate, Purpose]]:  # Window.beside
+        """What runs beside a confirmation, right behind it: the line once more, and (early line runs) the
+        candidate's own line runs, so that if it merges nothing waits for them."""
+        items: list[tuple[Candidate, Purpose]] = []
+        if self.line_mode == "honest" and cand.base == line.commit == self.main:
+            items.append((self.line_cand[line.commit], Purpose.BASELINE))
+            cand.meta = dict(cand.meta, line_wait=[line.commit, self.line_queued[line.commit] + 1])
+        if self.scfg.early_line_runs and self.parallel and cand.base == self.main:
+            items += [(cand, Purpose.BASELINE)] * self.jcfg.baseline_runs
+        return items
+
+    def _line_behind(self, cand: Candidate) -> bool:
+        """Whether ``cand``'s confirmation is still waiting for the line run queued beside it."""
+        wait = cand.meta.get("line_wait")
+        return bool(wait) and wait[0] == self.main and len(self.line_runs(self.main)) < wait[1]
+
+    def _settle(self, cand: Candidate) -> None:
+        """``cand`` is judged: it no longer holds a frontier, and work measured on it is judged next pass."""
+        if self.confirming.pop(cand.id, None) is not None:
+            self.dirty = True
+            if cand.state != State.MERGED.value:
+                self.out.speculative_lost += sum(
+                    1 for c in self.cands.values() if c.base == cand.commit and c.id != cand.id)
 
     def _apply(self, cand: Candidate, d: judge.Decision, line: judge.Line) -> None:
         decision = {"action": d.action, "reason": d.reason, "numbers": d.numbers}
@@ -473,25 +654,36 @@ class Sim:
             cand.state, cand.decision, self.main = State.MERGED.value, decision, cand.commit
             self.lineage.append(cand.commit)
             self.line_cand[cand.commit] = cand
+            parts = plan.members(cand)
+            for m in parts:  # its members are in the main line with it
+                member = self.cands[m]
+                self.near[line.commit].pop(m, None)
+                member.state = State.MERGED.value
+                member.decision = {"action": "combined", "numbers": {"delta": cand.meta["member_deltas"][m]}}
+            self.out.combos_merged += bool(parts)
             self.out.merges.append({"t": self.t, "before": before, "after": after, "id": cand.id,
-                                    "description": cand.description})
+                                    "description": cand.description, "changes": max(1, len(parts))})
             self.out.trajectory.append((self.t, after))
-            self._rebase_pending(cand.commit)
+            self._settle(cand)
+            for other in [c for c in self.confirming if self.cands[c].base != self.main]:
+                self.confirming.pop(other)  # on the old line now: judged as any old-base candidate
         elif d.action == "confirm":
             cand.state, cand.decision = State.QUEUED.value, decision
-            for _ in range(self.confirm_runs):  # the farm queues 1; more is a policy variant (--confirm-runs)
-                self._enqueue(cand, Purpose.CONFIRM, front=True)
-            # honest line: the line is measured once more beside it, on a new seed (not when a merge of this
-            # judging pass moved the line)
-            if self.line_mode == "honest" and cand.base == line.commit == self.main:
-                self._enqueue(self.line_cand[line.commit], Purpose.BASELINE, front=True)
+            # the farm queues 1 confirmation; more is a policy variant (--confirm-runs)
+            self._enqueue_front([(cand, Purpose.CONFIRM)] * self.confirm_runs + self._beside(cand, line))
+            if cand.base == self.main:
+                self.confirming[cand.id] = plan.expected_delta(cand, d, {})
         elif d.action == "rebase":
+            self._settle(cand)
             if cand.meta.get("rebased_after_win"):
                 cand.state, cand.decision = State.DISCARDED.value, decision
             else:
                 self._rebase(cand, self.main, decision, retest=True)
         elif d.action == "discard":
+            self._settle(cand)
             cand.state, cand.decision = State.DISCARDED.value, decision
+            for m in plan.members(cand):  # a near miss gets one combination
+                self.near[cand.base].pop(m, None)
 
     def _rebase(self, cand: Candidate, new_base: str, decision: dict[str, Any] | None, retest: bool) -> None:
         ours, theirs = self.sources[new_base].encode(), self.sources[cand.commit].encode()
@@ -510,16 +702,6 @@ class Sim:
             self.out.retests += 1
             self._enqueue(cand, Purpose.MEASURE)
 
-    def _rebase_pending(self, new_main: str) -> None:
-        for job in list(self.queue):
-            cand = self.cands[job.cand]
-            if cand.state != State.QUEUED.value or cand.base == new_main or job.purpose != Purpose.MEASURE.value:
-                continue
-            self.queue.remove(job)
-            self._rebase(cand, new_main, None, retest=False)
-            if cand.state == State.QUEUED.value:
-                self._enqueue(cand, Purpose.MEASURE)
-
     # ---------------------------------------------------------------- the event loop
     def run(self, horizon_s: float, target: float = -math.inf) -> Outcomes:
         """Step until ``horizon_s`` simulated seconds pass or the main line's true value reaches ``target``."""
@@ -532,11 +714,13 @@ class Sim:
             if self.true(self.main) <= target:
                 break
             self._fill()
+            self._preempt()
             self._dispatch()
             if not self.events or self.events[0][0] > horizon_s:
                 self.t = horizon_s
                 break
             self.t, _, w, job, started = heapq.heappop(self.events)
-            self._record(w, job, started)
+            if self.running.get(w) is job:  # (else it was preempted)
+                self._record(w, job, started)
         self.out.end = self.t
         return self.out

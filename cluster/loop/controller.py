@@ -95,7 +95,8 @@ class Controller:
         self.window = Window(cfg, tag, store, repo, self.jobs, self.measured, len(fleet), self.report, self.metrics,
                              moved=lambda cid: self.intake.moved(cid))
         self.window.rebuild(self.main)
-        self._critical: set[str] = set()  # jobs queued at the front and not yet taken (what preemption serves)
+        self._critical, self._pinned = set[str](), set[str]()  # jobs queued at the front, not yet taken (what
+        # preemption serves); candidates measured on the main line because they conflict with the frontier
 
     # ------------------------------------------------------------------ start and resume
 
@@ -345,10 +346,9 @@ class Controller:
         parts = plan.combination(pool, w.pending_combination(line.commit), w.combined, self.cfg.search)
         combo = w.combine(parts, dict((c.id, delta) for c, delta in pool), line) if parts else None
         if combo is not None:
-            self.window.beside(combo, line, self.main, self.window.main_candidate, self._enqueue, None,
-                               dict((c.id, delta) for c, delta in pool))
-            for purpose in (Purpose.CONFIRM, Purpose.MEASURE):  # (the front of the queue is last in)
-                self._enqueue(combo, purpose)
+            beside = self.window.beside(combo, line, self.main, self.window.main_candidate, None,
+                                        dict((c.id, delta) for c, delta in pool))
+            self._enqueue([(combo, Purpose.MEASURE), (combo, Purpose.CONFIRM), *beside])
             busy = w.busy()
         judged_now = {c.id for c, _ in decisions}
         winner = judge_policy.pick_merge([d for c, d in decisions if d.action == "merge" and c.id not in busy
@@ -359,8 +359,7 @@ class Controller:
             if d.action == "measure_line":
                 if not self.jobs.measuring(line.commit):
                     main_cand = self.window.main_candidate(line.commit)
-                    for _ in range(int(d.numbers.get("line_runs_needed", 1))):
-                        self._enqueue(main_cand, Purpose.BASELINE)
+                    self._enqueue([(main_cand, Purpose.BASELINE)] * int(d.numbers.get("line_runs_needed", 1)))
                 continue  # judged once the main line's numbers are in
             self.apply(cand, d, line)
 
@@ -387,8 +386,8 @@ class Controller:
             # (take): no stall here, however long the queue
         elif d.action == "confirm":
             self.store.transition(cand.id, {State.FINISHED.value}, State.QUEUED.value, decision=decision)
-            self.window.beside(cand, line, self.main, self.window.main_candidate, self._enqueue, d)
-            self._enqueue(cand, Purpose.CONFIRM)  # (last in: first out)
+            beside = self.window.beside(cand, line, self.main, self.window.main_candidate, d)
+            self._enqueue([(cand, Purpose.CONFIRM), *beside])
             self.report(f"{cand.id} looks better; confirming: {d.reason}")
         elif d.action == "rebase":
             self._dirty |= self.window.settled(cand)  # (what waited on its verdict is judged next step)
@@ -400,9 +399,10 @@ class Controller:
             self._dirty |= self.window.settled(cand)
             self._discard(cand, decision)
 
-    def _enqueue(self, cand: Candidate, purpose: Purpose) -> None:
-        """Queue a job on the critical path of a merge: at the front, where a young first look gives way to it."""
-        self._critical.add(self.jobs.enqueue(cand, purpose, front=True).id)
+    def _enqueue(self, items: list[tuple[Candidate, Purpose]]) -> None:
+        """Queue jobs on the critical path of a merge, in this order, at the front (where a young first look
+        gives way to them)."""
+        self._critical.update(job.id for job in self.jobs.enqueue_front(items))
 
     def _discard(self, cand: Candidate, decision: dict[str, Any]) -> None:
         self.store.transition(cand.id, {State.FINISHED.value}, State.DISCARDED.value, decision=decision)
@@ -430,7 +430,8 @@ class Controller:
                 return job  # (a re-queued run of a candidate already taken, a combination: measured on its base)
             for target in dict.fromkeys([front, self.main]):
                 if target == cand.base:
-                    return job  # (it conflicts with the frontier: measured on the main line)
+                    self._pinned.add(cand.id)  # (it conflicts with the frontier: measured on the main line)
+                    return job
                 moved = self.window.move(cand, target, State.QUEUED.value, job=job, stale_ok=target == self.main,
                                          frontier=target != self.main)
                 if moved is not None:
@@ -461,11 +462,12 @@ class Controller:
         if window <= 0 or not self.window.parallel or self.stop_requested:
             return
         front, now = self.window.front(self.main), time.time()
-        young = [(f.started, name, self.jobs.bases.get(f.job.cand, front)) for name, f in self.fleet.inflight.items()
+        young = [(f.started, name, front if f.job.cand in self._pinned else self.jobs.bases.get(f.job.cand, front))
+                 for name, f in self.fleet.inflight.items()
                  if f.job.purpose == Purpose.MEASURE.value and not f.preempted and f.lost_at is None and
                  f.job.id not in self._critical and f.job.cand not in self.window.confirming and now - f.started <= window]
         stopping = sum(f.preempted for f in self.fleet.inflight.values())  # (cancelled, not back yet)
-        for name in plan.preemptions(young, len(self._critical) - len(self.fleet.free()) - stopping, front, self.main):
+        for name in plan.preemptions(young, len(self._critical) - len(self.fleet.free()) - stopping, front):
             self.report(f"preempting {self.fleet.inflight[name].job.cand} on {name} to run it later")
             self.fleet.preempt(name)
 
@@ -483,7 +485,6 @@ class Controller:
             self.progress.dispatched(name)
 
     # ------------------------------------------------------------------ stopping and progress
-
     def shutdown(self) -> None:
         """Stop cleanly: running candidates go back to the queue; nothing is lost."""
         # let the cancelled runs kill their process trees and clean up before the actors go away

@@ -69,6 +69,21 @@ class OpenJobs:
         self.bases[cand.id] = cand.base
         return job
 
+    def enqueue_front(self, items: list[tuple[Candidate, Purpose]]) -> list[Job]:
+        """Queue ``items`` at the front of the queue, in this order (the first is taken first), their
+        seeds handed out in this order too (a confirmation keeps seed 2 whatever runs beside it)."""
+        jobs = []
+        for cand, purpose in items:
+            code = self.code(cand.commit)
+            self.seeds[code] += 1
+            jobs.append(Job(id=self.store.next_id("j", 6), cand=cand.id, commit=cand.commit, purpose=purpose.value,
+                            seed=self.seeds[code]))
+            self.bases[cand.id] = cand.base
+        for job in reversed(jobs):  # (the front of the queue is last in)
+            self.store.enqueue(job, front=True)
+            self.opened(job)
+        return jobs
+
     def opened(self, job: Job) -> None:
         """``job`` is open (again: a job retargeted onto another commit is counted under the new one)."""
         if job.id in self.open:

@@ -129,15 +129,15 @@ def frontier(options: Iterable[tuple[Candidate, float]]) -> Candidate | None:
     return None if best is None or not math.isfinite(best[1]) else best[0]
 
 
-def preemptions(young: Sequence[tuple[float, str, str]], need: int, front: str, main: str) -> list[str]:
+def preemptions(young: Sequence[tuple[float, str, str]], need: int, front: str) -> list[str]:
     """Which young first looks to stop (``young``: (start time, slot, the base it measures), each
-    younger than ``preempt_seconds``): every one measuring a base that is neither the front nor the
-    main line (the work moved on from it; one that conflicts with the frontier is measured on the
-    main line on purpose), and the most recently started others while ``need`` jobs of the critical
-    path wait for a worker. Returns their slots, newest first."""
+    younger than ``preempt_seconds``): every one measuring another base than the front (the work moved
+    on from it; a caller passes the front for one that cannot go there, a change that conflicts with
+    the frontier), and the most recently started others while ``need`` jobs of the critical path wait
+    for a worker. Returns their slots, newest first."""
     out = []
     for _, slot, base in sorted(young, reverse=True):
-        if base not in (front, main) or need > 0:
+        if base != front or need > 0:
             out.append(slot)
             need -= 1
     return out

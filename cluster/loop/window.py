@@ -114,20 +114,19 @@ class Window:
         self.confirming[cand.id], self.expected[cand.id] = cand, expected
 
     def beside(self, cand: Candidate, line: Line, main: str, main_cand: Callable[[str], Candidate],
-               enqueue: Callable[[Candidate, Purpose], None], d: Decision | None,
-               deltas: dict[str, float] | None = None) -> None:
-        """What runs beside a confirmation on the main line: the line once more, on a new seed (an
-        apparent win is most often a line measured high by luck: the confirmation is judged once that
-        run is in), and, with workers to spare, the candidate's own line runs, so that if it merges
-        nothing waits; it joins the window."""
+               d: Decision | None, deltas: dict[str, float] | None = None) -> list[tuple[Candidate, Purpose]]:
+        """What runs beside a confirmation on the main line, to be queued right behind it: the line once
+        more, on a new seed (an apparent win is most often a line measured high by luck: the
+        confirmation is judged once that run is in), and, with workers to spare, the candidate's own
+        line runs, so that if it merges nothing waits; it joins the window."""
         if not (cand.base == line.commit == main):
-            return  # (a merge of this pass moved the line)
-        if self.parallel and self.search.early_line_runs:  # (queued first: the front of the queue is last in)
-            for _ in range(max(1, self.cfg.judge.baseline_runs)):
-                enqueue(cand, Purpose.BASELINE)
-        enqueue(main_cand(line.commit), Purpose.BASELINE)
-        queued = len(self.measured.line_runs(line.commit)) + self.jobs.by_commit[line.commit]
+            return []  # (a merge of this pass moved the line)
+        items = [(main_cand(line.commit), Purpose.BASELINE)]
+        if self.parallel and self.search.early_line_runs:
+            items += [(cand, Purpose.BASELINE)] * max(1, self.cfg.judge.baseline_runs)
+        queued = len(self.measured.line_runs(line.commit)) + self.jobs.by_commit[line.commit] + 1
         self.confirmed(cand, d, deltas, line_wait=[line.commit, queued])
+        return items
 
     def merged_with(self, cand: Candidate) -> None:
         """A combination merged: its members are in the main line with it (their open jobs are dropped)."""
