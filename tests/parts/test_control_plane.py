@@ -35,7 +35,7 @@ class RecordingFleet(Fleet):
 
 
 def controller(tmp_path, redis_client, n: int, *, resume: bool = False, name: str = "target",
-               train_source: str | None = None, **overrides) -> Controller:
+               train_source: str | None = None, fleet: Fleet | None = None, **overrides) -> Controller:
     repo_path = tmp_path / name
     if not repo_path.exists():
         make_repo(repo_path, train_source)
@@ -44,7 +44,7 @@ def controller(tmp_path, redis_client, n: int, *, resume: bool = False, name: st
     store = Store(redis_client, "t1")
     if not resume:
         store.create_run({"tag": "t1", "status": "running"})
-    fleet = RecordingFleet([WorkerSlot(f"w{i}", FakeHandle(), {}) for i in range(n)])
+    fleet = fleet or RecordingFleet([WorkerSlot(f"w{i}", FakeHandle(), {}) for i in range(n)])
     ctrl = Controller(cfg, "t1", store, FarmRepo(repo_path), fleet, ProposerCalls(None),
                       run_dir=tmp_path / f"run-{name}", report=lambda line: None)
     ctrl.start(resume)

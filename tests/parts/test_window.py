@@ -15,13 +15,11 @@ import pytest
 
 from cluster.loop import judge as judge_policy
 from cluster.loop.controller import Controller
-from cluster.loop.fleet import Finished, ProposerCalls, WorkerSlot
+from cluster.loop.fleet import Finished, WorkerSlot
 from cluster.records import Purpose, Result, State
-from cluster.repo import FarmRepo
-from cluster.store import Store
 from proposer.base import Proposal
-from tests.farmkit import farm_config, git, make_repo, set_constants
-from tests.parts.test_control_plane import FakeHandle, RecordingFleet, finish
+from tests.farmkit import git, set_constants
+from tests.parts.test_control_plane import FakeHandle, RecordingFleet, controller, finish
 
 JITTER = 1e-5  # per seed: no candidate's runs on two seeds give the very same val_bpb (the judge calls that a cheat)
 
@@ -60,19 +58,8 @@ class ScriptedFleet(RecordingFleet):
 
 def make(tmp_path, redis_client, n: int, *, resume: bool = False, name: str = "target", **overrides) -> Controller:
     """A controller of n workers on tmp_path/name (a new repository and an empty Redis, unless resumed)."""
-    repo_path = tmp_path / name
-    if not repo_path.exists():
-        make_repo(repo_path)
-        redis_client.flushall()
-    cfg = farm_config(repo_path, **{"workers.count": n, **overrides})
-    store = Store(redis_client, "t1")
-    if not resume:
-        store.create_run({"tag": "t1", "status": "running"})
     fleet = ScriptedFleet([WorkerSlot(f"w{i}", CancelHandle(), {}) for i in range(n)])
-    ctrl = Controller(cfg, "t1", store, FarmRepo(repo_path), fleet, ProposerCalls(None),
-                      run_dir=tmp_path / f"run-{name}", report=lambda line: None)
-    ctrl.start(resume)
-    return ctrl
+    return controller(tmp_path, redis_client, n, resume=resume, name=name, fleet=fleet, **overrides)
 
 
 def vals(table: dict[str, float] | None = None, default: float = 1.0):
