@@ -321,7 +321,8 @@ class Sim:
         self.events: list[tuple[float, int, int, Job, float]] = []
         self.main, self.dry, self.dirty = "k0", 0, True
         self.asked_on = "k0"  # the base the proposer was last asked on
-        self.lineage = ["k0"]  # every commit the main line has been, for the pooled noise floor
+        self.lineage = ["k0"]  # every commit the main line has been (the pooled floor of --line all-runs)
+        self.line_commits: dict[str, None] = {}  # commits with line runs, in order (the pooled floor)
         base = self._cand("k0", "k0", "baseline", "baseline", {}, 0)
         self.line_cand = {"k0": base}  # main-line commit -> the candidate that holds it
         for _ in range(self.jcfg.baseline_runs):
@@ -388,7 +389,9 @@ class Sim:
         line runs of every earlier main-line commit (per accelerator: sum of squares, degrees of freedom)."""
         history: dict[str, tuple[float, float]] = {}
         if self.floor == "pooled":
-            rep = judge.repeats(self.line_runs(c) for c in self.lineage if c != self.main)
+            # (Controller.line: every commit with line runs, the winners' early ones included)
+            commits = [c for c in (self.line_commits if self.line_mode == "honest" else self.lineage) if c != self.main]
+            rep = judge.repeats(self.line_runs(c) for c in commits)
             history = {acc: (h["ss"], h["df"]) for acc, h in rep.items()}
         return judge.Line(commit=self.main, results=self.line_runs(self.main), history=history)
 
@@ -545,6 +548,8 @@ class Sim:
                    started_at=started, finished_at=self.t, wall_seconds=self.t - started, purpose=job.purpose,
                    reason="" if ok else "out of memory")
         self.by_commit[job.commit].append(r)
+        if job.purpose == Purpose.BASELINE.value:
+            self.line_commits[job.commit] = None
         self.dirty = True
         cand = self.cands[job.cand]
         if not self._open(cand=cand.id) and cand.state in (State.RUNNING.value, State.QUEUED.value):

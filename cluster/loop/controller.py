@@ -84,9 +84,6 @@ class Controller:
         self._dirty = True  # something the judge should look at changed
         meta = store.run_meta() or {}
         self.main: str = meta.get("main", "")  # the main line's sha, kept with run meta
-        # every commit the main line has been (the baseline and each merge), for the measured noise floor
-        self.lineage: list[str] = [c for c in dict.fromkeys(
-            [meta.get("baseline", "")] + [c.commit for c in store.candidates({State.MERGED.value})]) if c]
         self.same_seed = meta.get("seeding") == SEEDS_ITSELF  # the target's repeats are one draw
         self.progress = Progress(store, self.measured, fleet, self.metrics, noise=self.noise_now)
         self.intake = Intake(cfg, tag, store, repo, proposer, self.jobs, self.measured, self.metrics, self.report,
@@ -128,7 +125,6 @@ class Controller:
         self.store.update_run(main=main, baseline=main, baseline_cand=base.id,
                               seeding=SEEDS_ITSELF if self.same_seed else SEEDED_BY_FARM)
         self.main = main
-        self.lineage = [main]
         self.intake.main_moved(main)
         self.report(f"run {self.tag}: main line {main_branch(self.tag)} at {main[:8]}; "
                     f"measuring the baseline {self.cfg.judge.baseline_runs}x on {len(self.fleet)} worker(s)")
@@ -304,9 +300,11 @@ class Controller:
     # ------------------------------------------------------------------ judging
 
     def line(self) -> judge_policy.Line:
-        """The main line as the judge sees it: its own runs, the pooled spread of the run's earlier
-        main-line commits, and whether the target's repeats are new draws at all."""
-        history = judge_policy.repeats(self.measured.line_runs(c) for c in self.lineage if c != self.main)
+        """The main line as the judge sees it: its own runs, the pooled spread of the run's other
+        commits measured as a line (earlier main lines; winners' own line runs, merged or not: none of
+        them chosen by its spread), and whether the target's repeats are new draws at all."""
+        others = (c for c in self.measured.line_commits() if c != self.main)
+        history = judge_policy.repeats(self.measured.line_runs(c) for c in others)
         return judge_policy.Line(commit=self.main, results=self.measured.line_runs(self.main),
                                  history={acc: (h["ss"], h["df"]) for acc, h in history.items()},
                                  same_seed=self.same_seed)
@@ -344,6 +342,8 @@ class Controller:
         w.judged(decisions, line)
         pool = w.pool(plan.winners(decisions, line.commit), line.commit)
         parts = plan.combination(pool, w.pending_combination(line.commit), w.combined, self.cfg.search)
+        limit = self.cfg.run.max_experiments  # (a combination is an experiment too: none past the budget)
+        parts = [] if parts and limit and experiment_count(self.store.count_by_state()) >= limit else parts
         combo = w.combine(parts, dict((c.id, delta) for c, delta in pool), line) if parts else None
         if combo is not None:
             beside = self.window.beside(combo, line, self.main, self.window.main_candidate, None,
@@ -376,7 +376,6 @@ class Controller:
             self.store.transition(cand.id, {State.FINISHED.value}, State.MERGED.value, decision=decision)
             self.store.update_run(main=cand.commit)
             self.main = cand.commit
-            self.lineage.append(cand.commit)
             self.window.settled(cand, merged=True)
             self.window.merged_with(cand)
             self.window.line_moved(cand.commit)

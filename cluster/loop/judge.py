@@ -9,8 +9,9 @@ winner replicate before it enters the main line.
 Noise estimate. The main line is measured only a few times (``baseline_runs``, 3 by default),
 and the standard deviation of 3 numbers is itself very noisy: about one time in five it comes out
 below half the true sigma, which alone would let ~5 % of pure-noise candidates through. So the
-line's own sample variance is pooled with the measured spread of the run's earlier main-line
-commits on the same accelerator (``Line.history``: their sums of squares and degrees of freedom)
+line's own sample variance is pooled with the measured spread of the run's other commits measured
+as a line on the same accelerator (earlier main lines, and winners whose own line runs started
+beside their confirmation, merged or not; ``Line.history``: their sums of squares and degrees of freedom)
 and with a prior sigma (``default_noise``) that counts as ``noise_prior_df`` degrees of freedom::
 
     sigma^2 = (SS_line + SS_history + noise_prior_df * prior^2) / (n - 1 + df_history + noise_prior_df)
@@ -71,7 +72,7 @@ class Line:
     commit: str
     results: list[Result]  # the main-line commit's own measurements (purpose baseline), any accelerator
     # per accelerator: (sum of squared deviations, degrees of freedom) of the seed-varied repeats of the
-    # run's earlier main-line commits, pooled
+    # run's other commits measured as a line, pooled
     history: dict[str, tuple[float, float]] = field(default_factory=dict)
     same_seed: bool = False  # the target seeds itself: repeats of a commit are one draw
 

@@ -114,11 +114,14 @@ class OpenJobs:
 class Measurements:
     def __init__(self, store: Store):
         self.by_commit: dict[str, list[Result]] = {}
+        self._line_commits: dict[str, None] = {}  # commits with line runs, in order (a dict as an ordered set)
         for r in store.results():
             self.add(r)
 
     def add(self, result: Result) -> None:
         self.by_commit.setdefault(result.commit, []).append(result)
+        if result.purpose == Purpose.BASELINE.value:
+            self._line_commits[result.commit] = None
 
     def of(self, commit: str) -> list[Result]:
         """Every accepted result of ``commit`` (any candidate, any purpose), in finish order."""
@@ -132,6 +135,11 @@ class Measurements:
         """``commit``'s runs as a main line: those queued to measure the line itself (purpose
         baseline), not the runs it made as a candidate, which were selected for looking good."""
         return [r for r in self.of(commit) if r.purpose == Purpose.BASELINE.value]
+
+    def line_commits(self) -> list[str]:
+        """Every commit measured as a main line (with line runs): the main lines so far, and winners
+        whose own line runs started beside their confirmation, merged or not."""
+        return list(self._line_commits)
 
     def line_values(self, commit: str) -> list[float]:
         """The val_bpb of every line run of ``commit`` that gave one: its honest estimate."""

@@ -31,7 +31,7 @@ def _line_runs(results: list[Result], commit: str | None) -> list[Result]:
 
 def noise_floor(meta: dict[str, Any], lineage: list[list[Result]]) -> dict[str, Any]:
     """The noise the judge works with, per accelerator, from the seed-varied repeats of the run's
-    main-line commits (``lineage``: each commit's line runs), and where it comes from."""
+    commits measured as a line (``lineage``: each such commit's line runs), and where it comes from."""
     cfg = JudgeSettings(**{k: v for k, v in (meta.get("config") or {}).get("judge", {}).items()
                            if k in JudgeSettings.__dataclass_fields__})
     same_seed = meta.get("seeding") == "itself"
@@ -56,10 +56,14 @@ def status_dict(store: Store) -> dict[str, Any]:
     results = store.results()
     line = [r.val_bpb for r in _line_runs(results, main) if r.val_bpb is not None]
     base = [r.val_bpb for r in _line_runs(results, meta.get("baseline")) if r.val_bpb is not None]
-    board, lineage = [], []
+    board, lineage = [], {}
+    for r in results:  # every commit measured as a line (main lines, winners' own line runs): the judge's floor
+        if r.purpose == Purpose.BASELINE.value:
+            lineage.setdefault(r.commit, []).append(r)
     for c in store.candidates({State.MERGED.value}):
+        if (c.decision or {}).get("action") == "combined":
+            continue  # merged as part of a combination: the main line holds the combination's commit
         runs = _line_runs(results, c.commit)
-        lineage.append(runs)
         vals = [r.val_bpb for r in runs if r.val_bpb is not None]
         board.append({"cand": c.id, "commit": c.commit[:8], "val_bpb": sum(vals) / len(vals) if vals else None,
                       "description": c.description})
@@ -72,7 +76,7 @@ def status_dict(store: Store) -> dict[str, Any]:
         "experiments_measured": len({r.cand for r in results}), "measurements": len(results),
         "refused_late_results": len(store.refused()), "merged": board, "why_ended": meta.get("why"),
         "cost": costs(store), "workers": store.live_workers(), "controller": meta.get("controller"),
-        "noise": noise_floor(meta, lineage), "harness": meta.get("harness"), "proposer": meta.get("proposer"),
+        "noise": noise_floor(meta, list(lineage.values())), "harness": meta.get("harness"), "proposer": meta.get("proposer"),
     }
 
 

@@ -368,7 +368,8 @@ def test_a_farm_whose_agent_fails_keeps_its_workers_fed_and_says_why(ray_local, 
     finally:
         farm.close()
     assert why == "4 experiments done", (why, lines)
-    assert {c.origin for c in cands} == {"mutate"} and not [c for c in cands if c.state == "invalid"]
+    # (the offline search's candidates, and perhaps the farm's own combination of two of them)
+    assert {c.origin for c in cands} - {"combine"} == {"mutate"} and not [c for c in cands if c.state == "invalid"]
     assert any(ln.startswith("the proposer reports: the agent python exited with status 1") for ln in lines)
     assert "proposer: last error at " in text and "Cannot connect to API: connection refused" in text
 
