@@ -50,6 +50,19 @@ What is modelled
     compiles) and sums its arm scores as outcomes arrive (exact: multiples of 1/4): the same
     proposals as the plain proposer, several times faster on long runs.
 
+  * The parallel-native search (cluster/loop/plan.py's rules, ``[search]``), as the controller and
+    its window (cluster/loop/window.py) apply them: winners and near misses of one window combined
+    (3-way merged; measured twice at once; merged only when better than the best member, members
+    held meanwhile, one combination per line at a time); the frontier (new proposals, and queued
+    candidates as they are taken, go on top of the best candidate in confirmation; what is measured
+    there waits for its verdict); a winner's own line runs queued beside its confirmation; young
+    first looks (under ``preempt_seconds``) preempted for waiting critical-path jobs or when the
+    front moved; seeds counted per code; a confirmation waits for the line run beside it only.
+    Each has a switch (``--no-combine``, ``--no-speculate``, ``--no-early-line``, ``--no-preempt``,
+    ``--no-diversity``; ``--classic``: all off); speculation, early line runs and preemption apply
+    from ``--min-workers`` on, as in the farm. The early cut (judge.early_cut) ships off, measured
+    on real CPU runs (bench/early_cut.py), and is not modelled here.
+
 What is not modelled
   * Control-plane latency (dispatch gaps, proposer and git time): bench/farm_overhead.py measures
     those; here dispatch and proposing are instantaneous. Worker or controller failures, leases.
