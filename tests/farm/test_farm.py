@@ -73,7 +73,10 @@ def test_two_compatible_wins_found_in_one_round_end_as_one_merged_combination(ra
     3-way merge of both changes), which beats each alone, and merges it; both wins are recorded as
     merged with it, and the main line is exactly the combination's measured tree."""
     edits = [("win one", {"BONUS": "0.02"}), ("win two", {"BONUS2": "0.02"}), ("neutral", {"UNUSED": "4"})]
-    farm = Farm(farm_config(repo, **{"workers.count": 2}), edits)
+    # three workers: the baseline's three runs, then the three candidates side by side, so both wins are
+    # measured before either's confirmation is in (with two, the first can merge before the second runs)
+    # (near misses off: the neutral one may not join the window by luck)
+    farm = Farm(farm_config(repo, **{"workers.count": 3, "search.near_miss": 0.0}), edits)
     try:
         assert farm.run() == "the proposer has nothing new to try"
         cands = farm.by_description()
@@ -202,7 +205,9 @@ def test_states_stay_exclusive_and_the_main_line_only_moves_forward_to_measured_
         by = farm.by_description()
         assert by["win"].state == by["win 2"].state == State.MERGED.value
         moves = git(repo, "reflog", "show", "--format=%H", "autoresearch/t1").split()[::-1]
-        assert len(moves) == 3, "created, then one move per merge"
+        merges = [c for c in farm.store.candidates() if c.decision and c.decision.get("action") == "merge"]
+        assert len(moves) == 1 + len(merges) and len(merges) in (1, 2), \
+            "created, then one move per merge (the two wins alone, or one combination of both)"
         measured = {r.commit for r in farm.store.results() if r.status == "ok"}
         for old, new in zip(moves, moves[1:]):
             assert git(repo, "merge-base", "--is-ancestor", old, new) == "", "only fast-forwards"
