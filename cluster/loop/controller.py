@@ -260,9 +260,7 @@ class Controller:
         is never judged, so running them would spend a worker on nothing)."""
         self.metrics.decision("fail")
         self.store.transition(cid, PENDING, State.FAILED.value, decision={"action": "fail", "reason": reason})
-        for job_id, (cand, _) in list(self.jobs.open.items()):
-            if cand == cid and self.store.remove_from_queue(job_id):
-                self.jobs.closed(job_id)
+        self.jobs.unqueue(cid)
         self.report(f"{cid} failed: {reason}")
 
     def _heartbeats(self) -> None:
@@ -344,10 +342,10 @@ class Controller:
         parts = plan.combination(pool, w.pending_combination(line.commit), w.combined, self.cfg.search)
         limit = self.cfg.run.max_experiments  # (a combination is an experiment too: none past the budget)
         parts = [] if parts and limit and experiment_count(self.store.count_by_state()) >= limit else parts
-        combo = w.combine(parts, dict((c.id, delta) for c, delta in pool), line) if parts else None
+        deltas = {c.id: delta for c, delta in pool}
+        combo = w.combine(parts, deltas, line) if parts else None
         if combo is not None:
-            beside = self.window.beside(combo, line, self.main, self.window.main_candidate, None,
-                                        dict((c.id, delta) for c, delta in pool))
+            beside = self.window.beside(combo, line, self.main, self.window.main_candidate, None, deltas)
             self._enqueue([(combo, Purpose.MEASURE), (combo, Purpose.CONFIRM), *beside])
             busy = w.busy()
         judged_now = {c.id for c, _ in decisions}

@@ -106,6 +106,12 @@ class OpenJobs:
         if found[0] not in self.by_cand:
             self.bases.pop(found[0], None)
 
+    def unqueue(self, cand: str) -> None:
+        """Take ``cand``'s queued jobs out of the queue (its running ones finish; their results are kept)."""
+        for job_id, (owner, _) in list(self.open.items()):
+            if owner == cand and self.store.remove_from_queue(job_id):
+                self.closed(job_id)
+
     def measuring(self, commit: str) -> bool:
         """Whether a measurement of ``commit`` is queued or running."""
         return self.by_commit[commit] > 0

@@ -132,9 +132,7 @@ class Window:
         """A combination merged: its members are in the main line with it (their open jobs are dropped)."""
         deltas = cand.meta.get("member_deltas") or {}
         for m in plan.members(cand):
-            for job_id, (owner, _) in list(self.jobs.open.items()):
-                if owner == m and self.store.remove_from_queue(job_id):
-                    self.jobs.closed(job_id)
+            self.jobs.unqueue(m)
             self.store.transition(m, {*PENDING, State.DISCARDED.value}, State.MERGED.value, decision={
                 "action": "combined", "reason": f"merged as part of {cand.id}", "at": time.time(),
                 "numbers": {"delta": deltas.get(m), "combination": cand.id}})
