@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.contract import RunStatus
-from worker.sandbox import DEFAULT_ALLOW, scrubbed_env, start_sandboxed
+from worker.sandbox import DEFAULT_ALLOW, View, scrubbed_env, start_sandboxed
 from worker.summary import is_valid, parse_summary
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class RunOutcome:
     containment: list[str] = field(default_factory=list)  # e.g. ["cgroup", "netns", "hidden"]
     timed_out: bool = False
     hidden_touched: list[str] = field(default_factory=list)  # hidden paths the run opened or read
+    denied: list[str] = field(default_factory=list)  # the view's credential canaries it listed or opened
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -194,6 +195,7 @@ def run_training(
     hide: Sequence[Path] = (),
     readonly: Sequence[Path] = (),
     disk_quota_bytes: int | None = None,
+    view: View | None = None,
 ) -> RunOutcome:
     """Run ``cmd`` in ``cwd`` until it exits, ``budget_s + grace_s`` pass, or ``cancel`` is set.
 
@@ -203,7 +205,8 @@ def run_training(
     memory controller is available (``"memory.max"`` then appears in ``containment``). ``hide``:
     paths the run must see empty (``"hidden"`` then appears in ``containment``); ``readonly``:
     paths it must not change (``"read-only"``). ``disk_quota_bytes``: a run whose directory grows
-    past it is killed (crash); checked once per poll.
+    past it is killed (crash); checked once per poll. ``view``: what the run may see of the host
+    (:class:`worker.sandbox.View`; ``"view"`` then appears in ``containment`` where the OS allows it).
     """
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +222,8 @@ def run_training(
         stop = ""  # why the runner stopped the run: "" (it exited) | timeout | cancel | log
         with start_sandboxed(cmd, Path(cwd), env, logf, containment=containment,
                              isolate_network=isolate_network,
-                             memory_limit_bytes=memory_limit_bytes, hide=hide, readonly=readonly) as sp:
+                             memory_limit_bytes=memory_limit_bytes, hide=hide, readonly=readonly,
+                             view=view) as sp:
             tracking = sp.layers[0] == "process-tracking"
             while True:
                 wait = min(poll_s, max(0.0, deadline - time.monotonic()))
@@ -246,6 +250,7 @@ def run_training(
             oom_kills = sp.oom_kills()
             layers = list(sp.layers)
             touched = sp.hidden_touched()  # every process of the run is gone: the list is final
+            denied = sp.denied()
         end_offset = os.fstat(logf.fileno()).st_size
         follower.poll(end_offset)
         summary = parse_summary(_read_range(log_path, start_offset, end_offset, SUMMARY_WINDOW))
@@ -269,12 +274,15 @@ def run_training(
         outcome = RunOutcome(status=status.value, exit_code=code, wall_seconds=round(wall, 3),
                              summary=summary, log_tail=log_tail, reason=reason,
                              containment=layers, timed_out=stop == "timeout",
-                             hidden_touched=touched)
+                             hidden_touched=touched, denied=denied)
         logf.write(f"=== autoresearch run end status={outcome.status} exit={code} "
                    f"wall={wall:.1f}s containment={'+'.join(layers)} reason={reason!r}"
-                   f"{f' hidden_touched={touched}' if touched else ''} ===\n".encode())
+                   f"{f' hidden_touched={touched}' if touched else ''}"
+                   f"{f' denied={denied}' if denied else ''} ===\n".encode())
     if touched:
         log.warning("run in %s opened hidden paths: %s", cwd, ", ".join(touched))
+    if denied:
+        log.warning("run in %s tried to reach %s (not in its view)", cwd, ", ".join(denied))
     log.info("run in %s: %s (%s) in %.1f s [%s]", cwd, outcome.status, reason or "-", wall,
              "+".join(layers))
     return outcome

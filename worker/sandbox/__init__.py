@@ -70,15 +70,20 @@ OOM killer is the backstop, and the tree is killed at the end of every run. cgro
 v1 memory controller of "hybrid" hosts, whose v2 tree has no controllers) is not used: v2's
 ``cgroup.kill`` and single tree are what make the kill layer simple and race-free.
 
-What none of this is: a security boundary against a determined attacker. Candidate code runs
-as the worker's user (often root in a container) and could, e.g., ptrace or signal the worker,
-write outside the checkout, or leave a cron job. The layers above stop *accidents* and cheap
-tricks: leaked secrets, stray network calls, processes that outlive their run and hold the GPU.
-Real isolation needs a dedicated unprivileged user or a container per run.
+``view``, ``pidns``, ``unprivileged`` (optional, ``view=View(...)``; :mod:`worker.sandbox.view`)
+    The run's root is its own: only the system, the interpreter, the paths it was given and a
+    private ``$HOME``/``/tmp``, in its own PID namespace, as uid ``nobody`` where the worker is
+    root. It replaces the single ``unshare`` above (the ``hidden`` and ``read-only`` paths are then
+    bound inside the view). Unavailable here: the layers are absent from ``layers``, and the run
+    starts as it would without them (the pre-flight refuses a farm that did not accept that).
+
+What none of this is: a boundary against a kernel exploit or the GPU driver. Without the view,
+candidate code runs as the worker's user and can reach what that user can.
 
 Modules, one per layer: :mod:`worker.sandbox.env` (``env``), :mod:`worker.sandbox.process`
 (``cgroup``, ``process-tracking``, ``memory.max`` and :class:`SandboxedProcess`),
-:mod:`worker.sandbox.namespaces` (``netns``, ``hidden``, ``read-only``); :func:`start_sandboxed`,
+:mod:`worker.sandbox.namespaces` (``netns``, ``hidden``, ``read-only``), :mod:`worker.sandbox.view`
+(``view``, ``pidns``, ``unprivileged``); :func:`start_sandboxed`,
 here, composes them.
 """
 
@@ -103,12 +108,14 @@ from worker.sandbox.namespaces import (
 from worker.sandbox.process import (
     _CG_PREFIX, _JOIN_CGROUP, SandboxedProcess, _memory_limit, _procs, _remove_cgroup, _write, cgroup_base,
 )
+from worker.sandbox.view import RUN_UID, View, give, make_canaries, view_support
+from worker.sandbox.view import prefix as _view_prefix
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_ALLOW", "DENY", "TOKEN_VAR", "SandboxError", "SandboxedProcess", "cgroup_base",
-    "hiding_available", "network_isolation_available", "scrubbed_env", "start_sandboxed",
+    "DEFAULT_ALLOW", "DENY", "RUN_UID", "TOKEN_VAR", "SandboxError", "SandboxedProcess", "View", "cgroup_base",
+    "hiding_available", "network_isolation_available", "scrubbed_env", "start_sandboxed", "view_support",
 ]
 
 
@@ -127,6 +134,7 @@ def start_sandboxed(
     memory_limit_bytes: int | None = None,
     hide: Sequence[Path] = (),
     readonly: Sequence[Path] = (),
+    view: View | None = None,
 ) -> SandboxedProcess:
     """Start ``cmd`` in its own session with the given (already scrubbed) ``env``, contained.
 
@@ -134,7 +142,10 @@ def start_sandboxed(
     (error when unavailable) or ``"process-tracking"`` (forced fallback). stderr goes to stdout.
     ``hide``: paths the command must see empty (layer ``hidden``, when available; missing paths
     are skipped). ``readonly``: paths the command must not change (layer ``read-only``, same
-    mount namespace; hidden paths inside them are still hidden).
+    mount namespace; hidden paths inside them are still hidden). ``view``: the run sees only what it
+    names (layers ``view``, ``pidns``, ``unprivileged``: :mod:`worker.sandbox.view`) where this
+    machine allows it; elsewhere the layers are absent and the run goes on as before (the caller
+    decides whether that may run).
     """
     if containment not in ("auto", "cgroup", "process-tracking"):
         raise ValueError(f"containment must be auto, cgroup or process-tracking, not {containment!r}")
@@ -153,15 +164,18 @@ def start_sandboxed(
         ns = "rn" if net == "userns-netns" else "n"
     hidden = [Path(p) for p in hide if os.path.exists(p)]
     protected = [Path(p) for p in readonly if os.path.exists(p)]
-    flag = hiding_available() if hidden or protected else None
-    if (hidden or protected) and flag is None:
+    support = view_support() if view is not None else None
+    if support is not None and not support.view:
+        view = support = None
+    flag = hiding_available() if (hidden or protected) and view is None else None
+    if (hidden or protected) and view is None and flag is None:
         log.warning("cannot hide %s or protect %s: no private mount namespace here (unshare -m/-rm, mount)",
                     ", ".join(map(str, hidden)) or "nothing", ", ".join(map(str, protected)) or "nothing")
         hidden, protected = [], []
     if (hidden or protected) and flag:  # one unshare for both layers: -nm, -rnm, -m or -rm
         ns = ("r" if "r" in ns + flag else "") + ns.replace("r", "") + "m"
     if isolate_network:
-        layers.append("userns-netns" if "r" in ns else "netns")
+        layers.append("userns-netns" if "r" in ns or (view is not None and os.geteuid() != 0) else "netns")
     if base is not None:
         cg = base / f"{_CG_PREFIX}{token}"
         try:
@@ -179,29 +193,56 @@ def start_sandboxed(
                     "the run has no memory cap", memory_limit_bytes)
     child_env = dict(env)
     child_env[TOKEN_VAR] = token
-    hide_dir, decoys, inotify, watches = None, {}, None, {}
-    lock = bool(flag) and locking_available(flag)  # type: ignore[arg-type]
+    hide_dir, decoys, canaries, inotify, watches, status_r, status_w = None, {}, {}, None, {}, None, None
+    if support is not None:  # the view's own namespaces: nothing to lock where the run is not root
+        lock = support.identity != "setpriv" and locking_available(hiding_available() or "-rm")
+        locked = lock or support.identity == "setpriv"
+    else:
+        lock = locked = bool(flag) and locking_available(flag)  # type: ignore[arg-type]
     try:
         if protected:
-            layers.append("read-only" if lock else "read-only-unlocked")
-        if hidden:
+            layers.append("read-only" if locked else "read-only-unlocked")
+        if hidden or view is not None:
             hide_dir, decoys = _make_decoys(hidden)
-            inotify, watches = _watch(decoys)  # before the start: no open can be missed
-            layers.append("hidden" if lock else "hidden-unlocked")
-        if ns:
+            if view is not None:
+                canaries = make_canaries(hide_dir, view)
+            inotify, watches = _watch({**decoys, **canaries})  # before the start: no open can be missed
+        if hidden:
+            layers.append("hidden" if locked else "hidden-unlocked")
+        if view is not None and support is not None:
+            root = hide_dir / "root"  # type: ignore[operator]
+            root.mkdir()
+            status_r, status_w = os.pipe()
+            os.set_inheritable(status_w, True)
+            if support.identity == "setpriv":
+                give(view.writable, view.uid, view.gid)
+            if "TMPDIR" in child_env:
+                child_env["TMPDIR"] = "/tmp"  # the worker's may not be in the view
+            argv = _view_prefix(view, Path(cwd), root, decoys=decoys, canaries=canaries, readonly=protected,
+                                isolate_network=isolate_network, support=support, lock=lock,
+                                status_fd=status_w) + argv
+            layers += ["view", "pidns"] + (["unprivileged"] if support.identity else [])
+        elif ns:
             argv = _unshare_prefix(ns, isolate_network and bool(shutil.which("ip")), decoys,
                                    lock=lock, readonly=protected) + argv
         if cg is not None:
             argv = [_sh(), "-c", _JOIN_CGROUP, "autoresearch-sandbox", str(cg / "cgroup.procs")] + argv
         proc = subprocess.Popen(argv, cwd=cwd, env=child_env, stdin=subprocess.DEVNULL,
-                                stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True,
+                                pass_fds=(status_w,) if status_w is not None else ())
     except BaseException:
         if cg is not None:
             _remove_cgroup(cg)
         _drop_decoys(hide_dir, inotify)
+        for fd in (status_r, status_w):
+            if fd is not None:
+                os.close(fd)
         raise
+    if status_w is not None:
+        os.close(status_w)
     sp = SandboxedProcess(proc=proc, token=token, layers=layers, cgroup=cg, hide_dir=hide_dir,
-                          _inotify=inotify, _watches=watches)
+                          _inotify=inotify, _watches=watches, _canaries={str(p) for p in canaries.values()},
+                          _status_fd=status_r)
     try:
         sp._pidfd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):

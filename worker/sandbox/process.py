@@ -122,6 +122,9 @@ class SandboxedProcess:
     _inotify: int | None = None
     _watches: dict[int, str] = field(default_factory=dict)  # watch descriptor -> hidden path
     _touched: set[str] = field(default_factory=set)
+    _canaries: set[str] = field(default_factory=set)  # watched paths that are canaries, not hidden data
+    _status_fd: int | None = None  # the view's init reports the command's wait status here
+    _status: int | None = None
 
     @property
     def pid(self) -> int:
@@ -210,16 +213,36 @@ class SandboxedProcess:
             time.sleep(0.01)
 
     def reap(self, timeout: float = 30.0) -> int | None:
-        """Collect the main process's exit status (its returncode, negative for a signal)."""
+        """Collect the main process's exit status (its returncode, negative for a signal). In a view
+        that is the command's own, as its namespace's init reported it (the init's where it had none
+        to report: killed with the whole tree)."""
         try:
-            return self.proc.wait(timeout=timeout)
+            code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             log.error("run %s: pid %d does not die (stuck in the kernel?)", self.token, self.pid)
             return None
+        if self._status_fd is not None:
+            os.set_blocking(self._status_fd, False)
+            try:
+                data = os.read(self._status_fd, 64)
+            except OSError:
+                data = b""
+            os.close(self._status_fd)
+            self._status_fd = None
+            if data.strip().isdigit():
+                self._status = os.waitstatus_to_exitcode(int(data.strip()))
+        return self._status if self._status is not None else code
 
     def hidden_touched(self) -> list[str]:
         """The hidden paths (as given in ``hide``) whose decoy was opened, read or listed so far;
         [] without the layer or without inotify."""
+        return sorted(self._seen_decoys() - self._canaries)
+
+    def denied(self) -> list[str]:
+        """The view's canaries (credential paths) the run listed or opened so far."""
+        return sorted(self._seen_decoys() & self._canaries)
+
+    def _seen_decoys(self) -> set[str]:
         while self._inotify is not None:
             try:
                 buf = os.read(self._inotify, 65536)
@@ -235,7 +258,7 @@ class SandboxedProcess:
                     self._touched.update(self._watches.values())
                 elif wd in self._watches:
                     self._touched.add(self._watches[wd])
-        return sorted(self._touched)
+        return set(self._touched)
 
     def oom_kills(self) -> int:
         """How many processes the cgroup's memory limit killed (0 without one)."""
@@ -255,7 +278,7 @@ class SandboxedProcess:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
-        self.hidden_touched()
+        self._seen_decoys()
         _drop_decoys(self.hide_dir, self._inotify)
         self.hide_dir = self._inotify = None
         if self.cgroup is not None and self.cgroup.exists():
