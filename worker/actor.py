@@ -27,6 +27,7 @@ from worker import tripwire
 from worker.curve import CurveFollower, parse_curve
 from worker.upstream import host, launch as upstream
 from worker.runner import RunOutcome, run_prepare, run_training
+from worker.sandbox import View
 from worker.settings import WorkerSettings
 from worker.summary import is_valid
 
@@ -260,6 +261,17 @@ class Worker:
         cache = self.cache_dir()
         return sorted(cache.glob("tokenized/*/val*")) + [p for p in [cache / "data"] if p.is_dir()]
 
+    def _view(self, writable: Sequence[Path], readable: Sequence[Path] = ()) -> View | None:
+        """What a run may see of this node (None: no view asked for): ``writable`` and the worker's
+        compile caches read-write; the data cache, ``readable`` and train.visible read-only."""
+        if not self.settings.view:
+            return None
+        caches = [self.root / "inductor-cache", self.root / "triton-cache"]
+        for c in caches:
+            c.mkdir(parents=True, exist_ok=True)
+        extra = [Path(p).expanduser() for p in self.settings.visible]
+        return View(writable=[*writable, *caches], readable=[self.cache_dir(), *readable, *extra])
+
     def _command(self, cmd: Sequence[str], launcher: Path | None, *, prepare: bool = False) -> list[str]:
         """``cmd`` as run; an upstream-style harness's through ``launcher`` (which moves its cache to
         train.cache_dir; for the prepare step it also fetches the hub kernels train.py loads at import)."""
@@ -310,6 +322,7 @@ class Worker:
             python_command(cmd), eval_dir,
             log_path=log_path, budget_s=0.0, grace_s=float(s.grace), env_extra={**self._env(), **self._offline()},
             isolate_network=bool(s.isolate_network), cancel=self._cancel, readonly=self._frozen_data(),
+            view=self._view([eval_dir], [weights.parent]),
         )
         try:
             verdict = json.loads(out.read_text()) if out.is_file() and ev.exit_code == 0 else None
@@ -398,6 +411,7 @@ class Worker:
                     hide=self.hidden_paths() if trusted else (), on_progress=self._live[1].feed,
                     disk_quota_bytes=int(s.disk_quota_gb * 2**30) if s.disk_quota_gb else None,
                     readonly=[*frozen_data, *([launcher] if launcher else [])],
+                    view=self._view([run_dir, *([handoff] if trusted or launcher else [])]),
                 )
             finally:
                 self._live = None
@@ -445,7 +459,7 @@ class Worker:
             worker=self.name, node=socket.gethostname(), accelerator=self.accelerator,
             started_at=started, finished_at=time.time(), summary=summary, log_path=str(log_path),
             log_tail=tail, reason=reason, purpose=job.get("purpose", "measure"), containment=containment,
-            seed=job.get("seed"),
+            seed=job.get("seed"), denied=list(outcome.denied),
         )
         if trusted:  # the phases' own end lines judge each process alone; this is what the farm records
             with open(log_path, "ab") as f:

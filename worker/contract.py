@@ -99,6 +99,7 @@ class Result(Record):
     # the training-loss curve: [progress 0..1 of the budget, loss] pairs, at most ~200 (worker.curve);
     # [] where the output had no step line it reads (and in records from before it was kept)
     loss_curve: list[list[float]] = field(default_factory=list)
+    denied: list[str] = field(default_factory=list)  # credential paths outside its view the run listed or opened
 
 
 class PrepareFailed(Exception):

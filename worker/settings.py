@@ -36,5 +36,7 @@ class WorkerSettings:
     harness: str = "farm"  # how the frozen harness is run: "farm" (the farm's own contract: the budget knob,
     # prepare.seed(), build_model and the weight hand-off) or "upstream" (karpathy/autoresearch's shape: a
     # TIME_BUDGET constant, module-level training, evaluate_bpb; run through worker/upstream_launch.py)
+    view: bool = True  # a run sees only its directory, the data, the system and the interpreter (worker.sandbox.view)
+    visible: Sequence[str] = ()  # more host paths a run may read (train.visible: a conda prefix, a data mount)
     tripwire: bool = True  # the static scan of a trusted run's editable file before it runs; tests and
     # benchmarks turn it off to reach the layers behind it; the farm never does

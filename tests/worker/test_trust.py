@@ -21,6 +21,7 @@ import pytest
 
 from worker.actor import Worker
 from worker.sandbox import hiding_available
+from worker.sandbox.view import Support
 from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,6 +224,7 @@ def test_a_run_that_changes_the_prepared_data_is_recorded_as_cheat(tmp_path, cac
     own = tmp_path / "cache"
     shutil.copytree(cache, own)  # this test damages its data
     monkeypatch.setattr(worker.sandbox, "hiding_available", lambda: None)
+    monkeypatch.setattr(worker.sandbox, "view_support", lambda: Support(False, None, why="forced off"))
     r = run(tmp_path, own, WRITER, tripwire=False)
     assert "wrote" in r["log"]
     assert r["status"] == "cheat" and r["reason"].startswith("changed the prepared data (")
