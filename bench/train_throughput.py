@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="score in the training process (as train.trusted_eval=false); default: the farm's evaluator")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment for train.py (as train.env; repeatable)")
+    ap.add_argument("--view", choices=("on", "off", "alternate"), default="on",
+                    help="the sandbox's private filesystem view (train: always on); alternate: warm runs take turns "
+                         "without and with it, and the tok/s ratio with/without is printed")
     ap.add_argument("--json", default=None, help="write the rows and the machine here")
     ap.add_argument("--quick", action="store_true", help="two 10 s runs (CPU-sized)")
     args = ap.parse_args(argv)
@@ -162,19 +165,23 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.work_root or tempfile.mkdtemp(prefix="arf-train-bench-"))
     for cache in ("inductor-cache", "triton-cache"):  # run 1 must be a cold start
         shutil.rmtree(root / "bench" / cache, ignore_errors=True)
-    worker = Worker(WorkerSettings(
+    settings = WorkerSettings(
         name="bench", work_root=str(root), command=["python", "train.py"], prepare_command=[],
         budget=args.budget, grace=args.grace, cache_dir="", isolate_network=not args.no_netns,
         env=dict(kv.split("=", 1) for kv in args.env), cpu_threads=args.threads, device="", frozen=["prepare.py"],
-        trusted_eval=not args.no_trusted_eval,
-    ))
+        trusted_eval=not args.no_trusted_eval, view=args.view != "off",
+    )
+    worker = Worker(settings)
+    plain = Worker(dataclasses.replace(settings, view=False)) if args.view == "alternate" else worker
     files = {name: (REPO / name).read_bytes() for name in ("train.py", "prepare.py")}
     report: dict[str, Any] = {"machine": machine(), "accelerator": worker.accelerator, "rows": []}
     print(f"machine: {report['machine']}", flush=True)
     for i in range(1, args.runs + 1):
         budget = args.budget if i == 1 else warm_budget
         print(f"run {i}/{args.runs}: budget {budget:g} s ...", flush=True)
-        row = measure(worker, files, i, budget)
+        viewed = args.view == "on" or (args.view == "alternate" and i % 2 == 1)
+        row = measure(worker if viewed else plain, files, i, budget)
+        row["view"] = viewed
         report["rows"].append(row)
         print(json.dumps(row), flush=True)
         if args.json:
@@ -184,11 +191,16 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     print(format_rows(report["rows"]))
     print(headline(report["rows"]))
+    warm = [r for r in report["rows"][1:] if r.get("tok_per_s")]
+    on, off = [r["tok_per_s"] for r in warm if r["view"]], [r["tok_per_s"] for r in warm if not r["view"]]
+    if on and off:
+        print(f"view: warm tok/s with / without = {statistics.median(on) / statistics.median(off):.3f} "
+              f"({len(on)} and {len(off)} runs)")
     return 0
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    cols = ["run", "cache", "budget", "val_bpb", "training_seconds", "startup_seconds", "eval_seconds",
+    cols = ["run", "view", "cache", "budget", "val_bpb", "training_seconds", "startup_seconds", "eval_seconds",
             "overhead_seconds", "overhead_fraction", "tok_per_s", "mfu_percent", "peak_vram_mb"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:

@@ -51,6 +51,10 @@ class TrainConfig:
     trusted_eval: bool = True  # val_bpb comes from the worker's own evaluation process (docs/TRUST.md)
     disk_quota_gb: float = 20.0  # a run whose directory grows past this is killed (crash); 0 = none
     env: dict[str, str] = field(default_factory=dict)  # extra AUTORESEARCH_* knobs for every run
+    visible: tuple[str, ...] = ()  # more host paths a run may read (a conda prefix, a data mount); it sees
+    # nothing else of the host but the system, the interpreter, the data cache and its own directory
+    accept_missing: tuple[str, ...] = ()  # containment layers this farm may run without ("view",
+    # "unprivileged"); where one cannot be had, the pre-flight refuses to start unless it is named here
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ store/ (a real redis-server), worker/ and parts/ (one part on real processes, gi
 and servers), farm/ (the whole farm on a local Ray). Fixtures shared by several files live here.
 
 Ray binds its ports on every interface, so the suite is meant to run in a private network
-namespace (the README's test command: `unshare -rn sh -c 'ip link set lo up && python -m pytest'`),
+namespace (the README's test command: `python -m tests`, see tests/__main__.py),
 which keeps Ray on loopback and the tests off the network. Ray's token auth is on by default in
 Ray 2.60: the tests turn it off explicitly, inside that private namespace.
 """

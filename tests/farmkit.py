@@ -11,6 +11,7 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -131,6 +132,39 @@ def training_process(job) -> psutil.Process | None:
                 and (Path(cwd) / "training.started").exists():
             return p
     return None
+
+
+class WorkerKiller:
+    """Kills the Ray worker of every scripted run that asks for it (``kill-worker.please`` in its run
+    directory): a run in its own view and PID namespace cannot reach its worker, so a candidate that
+    kills its worker is modelled from outside, as the farm sees it: the worker dies with the run."""
+
+    def __init__(self) -> None:
+        self.stop, self.killed = threading.Event(), 0
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        done: set[int] = set()
+        while not self.stop.wait(0.1):
+            for p in psutil.process_iter(["cmdline", "cwd"]):
+                cwd = p.info["cwd"] or ""
+                if p.pid in done or (p.info["cmdline"] or [])[-1:] != ["train.py"] \
+                        or not (Path(cwd) / "kill-worker.please").exists():
+                    continue
+                done.add(p.pid)
+                try:
+                    for parent in p.parents():
+                        if parent.cmdline()[:1] and parent.cmdline()[0].startswith("ray::"):
+                            parent.kill()
+                            self.killed += 1
+                            break
+                except psutil.Error:
+                    pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
 
 
 def copy_fixture(name: str, dest: Path) -> Path:

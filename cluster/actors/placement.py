@@ -124,6 +124,7 @@ def worker_settings(cfg: FarmConfig, name: str, work_root: str, gpu: bool) -> Wo
         cache_dir=cfg.train.cache_dir,
         isolate_network=cfg.train.isolate_network,
         env=dict(cfg.train.env),
+        visible=tuple(cfg.train.visible),
         cpu_threads=0 if gpu else max(1, int(cfg.workers.cpus_per_worker)),
         device="" if gpu else "cpu",
         harness=_resolved_harness(cfg),

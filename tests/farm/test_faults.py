@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from cluster.records import State
-from tests.farmkit import Farm, farm_config, training_process
+from tests.farmkit import Farm, WorkerKiller, farm_config, training_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -75,8 +75,10 @@ def test_a_poison_candidate_is_failed_after_max_lost_and_the_others_keep_flowing
     edits = [("kills its worker", {"MODE": '"kill-worker"'}), ("kills itself", {"MODE": '"kill-self"'}),
              ("neutral a", {"UNUSED": "11"}), ("neutral b", {"UNUSED": "12"}), ("neutral c", {"UNUSED": "13"})]
     farm = Farm(farm_config(repo, **{"judge.baseline_runs": 1, "workers.max_lost": 2}), edits)
+    killer = WorkerKiller()
     try:
         farm.run()
+        assert killer.killed == 2, killer.killed
         by = farm.by_description()
         for poison in ("kills its worker", "kills itself"):
             cand = by[poison]
@@ -91,4 +93,5 @@ def test_a_poison_candidate_is_failed_after_max_lost_and_the_others_keep_flowing
             assert len(results) == 1 and results[0].status == "ok"
             assert by[d].state in (State.DISCARDED.value, State.MERGED.value)
     finally:
+        killer.close()
         farm.close()

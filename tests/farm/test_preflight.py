@@ -77,12 +77,36 @@ def test_the_projects_own_harness_would_run(tmp_path, capsys):
     rc, out, err = check(capsys, "--repo", str(repo))
     assert rc == 0, out + err
     assert "harness: the farm's own" in out and "AUTORESEARCH_TIME_BUDGET" in out
-    assert "trust: trusted-eval\n" in out and "seeding: from the farm" in out
+    assert "trust: trusted-eval; containment: own filesystem view, own PIDs, as " in out
+    assert "seeding: from the farm" in out
     assert "the farm would run this target" in out
 
 
 @pytest.mark.skipif(subprocess.run([sys.executable, "-c", "import torch, sys; sys.exit(torch.cuda.is_available())"],
                                    check=False).returncode != 0, reason="this machine has a GPU")
+def test_a_machine_without_an_unprivileged_identity_is_refused_unless_the_config_accepts_it(
+        tmp_path, capsys, monkeypatch):
+    import cluster.preflight
+    from worker.sandbox.view import Support
+
+    # as root inside a user namespace that maps only root (`unshare -r` run by root)
+    monkeypatch.setattr(cluster.preflight, "view_support", lambda: Support(True, None, why="uid 65534 is not mapped"))
+    repo = commit_repo(tmp_path / "own", {"train.py": (ROOT / "train.py").read_text(),
+                                          "prepare.py": (ROOT / "prepare.py").read_text()})
+    rc, out, err = check(capsys, "--repo", str(repo))
+    assert rc == 2, out + err
+    assert "containment: runs here would lack unprivileged (uid 65534 is not mapped)" in err
+    assert 'train.accept_missing = ["unprivileged"]' in err
+    cfg = tmp_path / "farm.toml"
+    cfg.write_text('[train]\naccept_missing = ["unprivileged"]\n')
+    rc, out, err = check(capsys, "--repo", str(repo), "--config", str(cfg))
+    assert rc == 0, out + err
+    assert "containment: own filesystem view, own PIDs, as root (accepted without unprivileged)" in out
+    cfg.write_text('[train]\naccept_missing = ["network"]\n')
+    rc, out, err = check(capsys, "--repo", str(repo), "--config", str(cfg))
+    assert rc == 2 and "train.accept_missing names network: it may name view, unprivileged" in err
+
+
 def test_a_cuda_only_upstream_repo_is_refused_on_this_cpu_machine(tmp_path, capsys):
     repo = commit_repo(tmp_path / "up", {"train.py": CUDA_TRAIN, "prepare.py": PREPARE})
     rc, out, err = check(capsys, "--repo", str(repo))
@@ -162,5 +186,7 @@ def test_a_run_records_its_harness_and_status_prints_the_trust(tmp_path):
     assert "harness: not recognised" in out.stdout and "trust: printed metric" in out.stdout
     s = json.loads(farm("status", "--json").stdout)
     assert s["harness"]["kind"] == "farm" and s["harness"]["read_as"] == "unknown"
-    assert s["harness"]["trust"] == "printed metric, cache read-only, tripwire" and s["harness"]["budget"] == 1.0
-    assert "trust: printed metric, cache read-only, tripwire (farm harness, budget 1 s" in farm("status").stdout
+    who = "as uid 65534" if os.geteuid() == 0 else "as the worker's own user"
+    trust = f"printed metric, cache read-only, tripwire; containment: own filesystem view, own PIDs, {who}"
+    assert s["harness"]["trust"] == trust and s["harness"]["budget"] == 1.0
+    assert f"trust: {trust} (farm harness, budget 1 s" in farm("status").stdout
