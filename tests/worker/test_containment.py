@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 
+from tests.worker.corpus import KNOBS, small_cache
 from worker.actor import Worker
 from worker.sandbox import hiding_available
 from worker.settings import WorkerSettings
@@ -50,8 +49,6 @@ pytestmark = [
                        "mount refused): a run cannot be given a private view of the filesystem"),
 ]
 
-KNOBS = {"AUTORESEARCH_PROFILE": "cpu", "AUTORESEARCH_DEVICE": "cpu", "AUTORESEARCH_VOCAB_SIZE": "512",
-         "AUTORESEARCH_SEQ_LEN": "128", "OMP_NUM_THREADS": "1"}  # as tests/worker/test_trust.py
 SECRETS = {".ssh/id_test": "-----BEGIN OPENSSH PRIVATE KEY----- probe-secret-ssh",
            ".ray/auth_token": "probe-secret-ray-token",
            "autoresearch-farm/redis_url": "redis://:probe-secret-password@10.0.0.1:6379/0"}
@@ -65,17 +62,7 @@ ATTEMPTS = ["git-ref-found", "git-ref-known", "redis", "ssh-key", "ray-token", "
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """A small prepared corpus (80 stdlib files, vocab 512), as the workers' data cache."""
-    tmp = tmp_path_factory.mktemp("containment")
-    src = tmp / "corpus"
-    src.mkdir()
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:80]:
-        shutil.copy(path, src / path.name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
-    env.update(KNOBS, AUTORESEARCH_CACHE=str(tmp / "cache"))
-    out = subprocess.run([sys.executable, "prepare.py", "--source", str(src)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300, check=False)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return tmp / "cache"
+    return small_cache(tmp_path_factory.mktemp("containment"))
 
 
 @pytest.fixture

@@ -10,15 +10,12 @@ that catches them and not the static tripwire in front of it.
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 
+from tests.worker.corpus import KNOBS, small_cache
 from worker.actor import Worker
 from worker.sandbox import hiding_available
 from worker.sandbox.view import Support
@@ -27,8 +24,6 @@ from worker.settings import WorkerSettings
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.trust
 
-KNOBS = {"AUTORESEARCH_PROFILE": "cpu", "AUTORESEARCH_DEVICE": "cpu", "AUTORESEARCH_VOCAB_SIZE": "512",
-         "AUTORESEARCH_SEQ_LEN": "128", "OMP_NUM_THREADS": "1"}
 
 TINY = '''
 import torch
@@ -78,17 +73,7 @@ def tiny(**parts: str) -> str:
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """A small prepared corpus (80 stdlib files, vocab 512), as the workers' data cache."""
-    tmp = tmp_path_factory.mktemp("trust")
-    src = tmp / "corpus"
-    src.mkdir()
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:80]:
-        shutil.copy(path, src / path.name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
-    env.update(KNOBS, AUTORESEARCH_CACHE=str(tmp / "cache"))
-    out = subprocess.run([sys.executable, "prepare.py", "--source", str(src)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return tmp / "cache"
+    return small_cache(tmp_path_factory.mktemp("trust"))
 
 
 def run(tmp: Path, cache: Path, train_source: str, budget: float = 2.0, **settings) -> dict:

@@ -381,8 +381,7 @@ def view_support() -> Support:
             break
     else:
         if identity == "setpriv":  # the view may still work as root, without the identity
-            ok, why2 = _probe(Support(True, None, "--rbind"))
-            if ok:
+            if _probe(Support(True, None, "--rbind"))[0]:
                 return Support(True, None, "--rbind", why=f"cannot run as uid {RUN_UID}: {why}")
         log.warning("no private filesystem view for runs here: %s", why)
         return Support(False, None, why=why)
