@@ -191,11 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     print(format_rows(report["rows"]))
     print(headline(report["rows"]))
-    warm = [r for r in report["rows"][1:] if r.get("tok_per_s")]
-    on, off = [r["tok_per_s"] for r in warm if r["view"]], [r["tok_per_s"] for r in warm if not r["view"]]
-    if on and off:
-        print(f"view: warm tok/s with / without = {statistics.median(on) / statistics.median(off):.3f} "
-              f"({len(on)} and {len(off)} runs)")
+    ratio = view_ratio(report["rows"])
+    if ratio:
+        print(ratio)
     return 0
 
 
@@ -207,6 +205,16 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join("" if r.get(c) is None else f"{r[c]:,.4g}" if isinstance(r[c], float)
                                        else str(r[c]) for c in cols) + " |")
     return "\n".join(lines)
+
+
+def view_ratio(rows: list[dict[str, Any]]) -> str | None:
+    """The warm runs' median tok/s with the view over without it (run 1 is the cold start, left out)."""
+    warm = [r for r in rows[1:] if r.get("tok_per_s")]
+    on, off = [r["tok_per_s"] for r in warm if r["view"]], [r["tok_per_s"] for r in warm if not r["view"]]
+    if not (on and off):
+        return None
+    return (f"view: warm tok/s with / without = {statistics.median(on) / statistics.median(off):.3f} "
+            f"({len(on)} and {len(off)} runs)")
 
 
 def headline(rows: list[dict[str, Any]]) -> str:

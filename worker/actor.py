@@ -263,14 +263,18 @@ class Worker:
 
     def _view(self, writable: Sequence[Path], readable: Sequence[Path] = ()) -> View | None:
         """What a run may see of this node (None: no view asked for): ``writable`` and the worker's
-        compile caches read-write; the data cache, ``readable`` and train.visible read-only."""
+        compile caches read-write; the data cache, the hub cache (the kernels the prepare step
+        fetched; not the rest of ``~/.cache/huggingface``, which holds the hub token), ``readable``
+        and train.visible read-only."""
         if not self.settings.view:
             return None
         caches = [self.root / "inductor-cache", self.root / "triton-cache"]
         for c in caches:
             c.mkdir(parents=True, exist_ok=True)
         extra = [Path(p).expanduser() for p in self.settings.visible]
-        return View(writable=[*writable, *caches], readable=[self.cache_dir(), *readable, *extra])
+        hub = host.hub_cache({**os.environ, **(self.settings.env or {})})
+        return View(writable=[*writable, *caches],
+                    readable=[self.cache_dir(), *([hub] if hub.is_dir() else []), *readable, *extra])
 
     def _command(self, cmd: Sequence[str], launcher: Path | None, *, prepare: bool = False) -> list[str]:
         """``cmd`` as run; an upstream-style harness's through ``launcher`` (which moves its cache to

@@ -38,11 +38,19 @@ def test_steady_rate_is_the_median_of_the_second_half():
 
 
 def test_rows_and_headline_report_overhead_against_the_budget():
-    rows = [{"run": 1, "cache": "cold", "budget": 300.0, "val_bpb": 0.7781, "overhead_seconds": 47.48,
+    rows = [{"run": 1, "view": True, "cache": "cold", "budget": 300.0, "val_bpb": 0.7781, "overhead_seconds": 47.48,
              "overhead_fraction": 0.1583, "tok_per_s": 1169685.0}]
-    assert "| 1 | cold | 300 | 0.7781 |" in tt.format_rows(rows)
+    assert "| 1 | True | cold | 300 | 0.7781 |" in tt.format_rows(rows)
     assert tt.headline(rows) == ("headline: cold run: overhead 47.5 s around a 300 s budget (15.8 %), "
                                  "val_bpb 0.7781")
+
+
+def test_view_ratio_compares_the_warm_runs_with_and_without_the_view():
+    rows = [{"run": 1, "view": True, "tok_per_s": 1.0},  # the cold start: left out
+            {"run": 2, "view": False, "tok_per_s": 100.0}, {"run": 3, "view": True, "tok_per_s": 90.0},
+            {"run": 4, "view": False, "tok_per_s": 110.0}, {"run": 5, "view": True, "tok_per_s": 99.0}]
+    assert tt.view_ratio(rows) == "view: warm tok/s with / without = 0.900 (2 and 2 runs)"
+    assert tt.view_ratio([r for r in rows if r["view"]]) is None
 
 
 def test_worker_runs_outside_ray_without_importing_it(tmp_path):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from worker.actor import Worker
-from worker.sandbox import hiding_available
+from worker.sandbox import hiding_available, view_support
 from worker.settings import WorkerSettings
 from worker.upstream import launch
 
@@ -167,18 +167,34 @@ def test_without_trusted_evaluation_a_number_the_harness_never_returned_is_a_che
 
 
 def test_prepare_fetches_the_hub_kernels_train_py_loads_and_runs_are_told_they_are_offline(tmp_path, cache):
-    """The hub is unreachable here: a stand-in `kernels` package records what the prepare step fetched."""
+    """The hub is unreachable here: a stand-in `kernels` package fetches into the hub cache while
+    there is network and, offline (as runs are), loads only what is there, as the real one does."""
     stand_in = tmp_path / "site" / "kernels"
     stand_in.mkdir(parents=True)
-    fetched = tmp_path / "fetched.txt"
     (stand_in / "__init__.py").write_text(
-        "import os\ndef get_kernel(repo):\n    open(os.environ['FETCHED'], 'a').write(repo + '\\n')\n")
+        "import os\nfrom pathlib import Path\n"
+        "def get_kernel(repo):\n"
+        "    d = Path(os.environ['HF_HUB_CACHE']) / ('kernels--' + repo.replace('/', '--'))\n"
+        "    if os.environ.get('HF_HUB_OFFLINE') == '1':\n"
+        "        return (d / 'build.txt').read_text()  # offline: the cache or nothing\n"
+        "    d.mkdir(parents=True, exist_ok=True)\n"
+        "    (d / 'build.txt').write_text('built ' + repo)\n")
+    hub = tmp_path / "home" / ".cache" / "huggingface" / "hub"  # the default place, in the run's private home
+    hub.mkdir(parents=True)
+    (hub.parent / "token").write_text("hf_secret")
     train = at_import("import os\nfrom kernels import get_kernel\n"
                       "repo = 'org/hopper-kernel' if os.cpu_count() == 9999 else 'org/other-kernel'\n"
-                      "fa = get_kernel(repo)\n"
+                      "print('loaded:', get_kernel(repo))\n"
+                      f"print('token seen:', os.path.exists({str(hub.parent / 'token')!r}))\n"
                       "print('offline:', os.environ.get('HF_HUB_OFFLINE'))\nraise SystemExit(3)")
-    env = {"PYTHONPATH": str(stand_in.parent), "FETCHED": str(fetched), "OMP_NUM_THREADS": "1"}
-    r = run(tmp_path, cache, train, env=env, prepare_command=("python", "prepare.py"), isolate_network=True)
+    env = {"PYTHONPATH": str(stand_in.parent), "HF_HUB_CACHE": str(hub), "OMP_NUM_THREADS": "1"}
+    r = run(tmp_path, cache, train, env=env, prepare_command=("python", "prepare.py"), isolate_network=True,
+            visible=(str(stand_in.parent),))
     # both, by the prepare step (while there is network); then the run's own import loads the one it picks
-    assert fetched.read_text().split() == ["org/hopper-kernel", "org/other-kernel", "org/other-kernel"]
-    assert r["status"] == "crash" and "offline: 1" in r["log_tail"]
+    assert sorted(p.name for p in hub.iterdir()) == ["kernels--org--hopper-kernel", "kernels--org--other-kernel"]
+    assert r["status"] == "crash" and "offline: 1" in r["log_tail"], r["log_tail"]
+    assert "loaded: built org/other-kernel" in r["log_tail"]
+    if "view" in r["containment"].split(","):  # the hub cache is shown, the token beside it is not
+        assert "token seen: False" in r["log_tail"]
+    else:
+        assert not view_support().view

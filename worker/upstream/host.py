@@ -4,6 +4,7 @@ the launcher (:mod:`worker.upstream.launch`) and the evaluator (:mod:`worker.ups
 * :func:`launcher_dir`: a fresh copy of both scripts per run, in a directory the run sees
   read-only (the project's own copy may be a writable checkout).
 * :func:`command`: ``python X.py`` run through the launcher.
+* :func:`hub_cache`: where the hub kernels fetched at prepare time are, which runs see read-only.
 * :func:`describe`: the harness's paths and constants (its cache, its validation shard, its
   budget), read by importing the shipped ``prepare.py`` (the frozen file, not candidate code) once
   per distinct harness, in a directory of its own; a harness that cannot be imported is a failed
@@ -40,6 +41,17 @@ def handoff_files(weights: Path) -> list[Path]:
     """Every file a hand-off at ``weights`` may leave: the farm harness's weights file itself, or the
     launcher's exported program, pickled model and their meta under that prefix."""
     return [weights, *(Path(f"{weights}{x}") for x in HANDOFF_SUFFIXES)]
+
+
+def hub_cache(env: Mapping[str, str]) -> Path:
+    """Where the Hugging Face hub keeps what it fetched (the kernels a prepare step fetches, which
+    runs load offline), as ``huggingface_hub`` resolves it from ``env``."""
+    if env.get("HF_HUB_CACHE"):
+        return Path(env["HF_HUB_CACHE"]).expanduser()
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "hub"
+    xdg = Path(env["XDG_CACHE_HOME"]).expanduser() if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return xdg / "huggingface" / "hub"
 
 
 def launcher_dir(root: Path) -> Path:
