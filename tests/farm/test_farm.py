@@ -243,7 +243,8 @@ def test_a_worker_killed_mid_run_has_its_candidate_run_again_with_one_result(ray
         t.join()
         assert killed, "the slow candidate never ran"
         slow = farm.by_description()["slow"]
-        results = farm.store.results(slow.id)
+        # the killed job's results (a measurement that beat the baseline by noise also gets a confirmation job)
+        results = [r for r in farm.store.results(slow.id) if r.job == killed[0].id]
         assert len(results) == 1 and results[0].status == "ok", farm.lines
         assert results[0].attempt == killed[0].attempt + 1, "the crashed worker got no job until it was back"
         assert farm.store.job_record(killed[0].id)["lost"] == 1
