@@ -13,7 +13,13 @@ environment. The agent is trusted to run, not to obey: every file of the scratch
 before and after (a run that changed, added or deleted anything but train.py is refused), and the
 user's repositories (``watch``: the target, and where the farm was started) are fingerprinted
 before and after: a change there refuses the candidate and is logged as an error, since the farm
-cannot undo it. A deadline bounds each run and kills the agent's whole process group.
+cannot undo it. A deadline bounds each run and kills the agent's whole process tree.
+
+Where the machine allows it, the agent runs in the sandbox's view (:mod:`worker.sandbox.view`)
+as a training run does, with the network (it talks to its model): it sees its run directory
+(read-write), the system and the interpreter, the agent's own installation and the paths its
+command names (read-only), and nothing else of the user or the farm, as uid 65534 where the
+farm is root. The canaries it touched are the proposal's ``denied``; its layers, ``containment``.
 
 Failure. A run that exits non-zero or past its deadline is a failed request, like an endpoint that
 cannot be reached: its exit status and the tail of its output are ``last_error`` (the proposer's
@@ -28,7 +34,7 @@ import hashlib
 import logging
 import os
 import re
-import signal
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -41,6 +47,7 @@ from proposer import agents
 from proposer.base import History, Proposal, ProposerBase, fingerprint
 from proposer.patching import Claims, check_source
 from proposer.prompts import FALLBACK_PROGRAM, Request, derive_description, plan, task_text
+from worker.sandbox import View, start_sandboxed
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +178,7 @@ class AgentProposer(ProposerBase):
                  program: str = "", files: Mapping[str, str] | None = None, editable: str = "train.py",
                  timeout: float = 1800.0, concurrency: int = 1, max_log_chars: int = 20000,
                  env: Mapping[str, str] | None = None, watch: Sequence[str] = (), history_limit: int = 20,
-                 near_miss_bpb: float = 0.002, crash_repair: bool = True) -> None:
+                 near_miss_bpb: float = 0.002, crash_repair: bool = True, view: bool = True) -> None:
         if agent not in agents.PRESETS:
             raise ValueError(f"proposer.agent must be one of {', '.join(agents.PRESETS)}, not {agent!r}")
         if agent == "custom" and not command:
@@ -186,6 +193,7 @@ class AgentProposer(ProposerBase):
         self.timeout, self.concurrency, self.max_log_chars = timeout, concurrency, max_log_chars
         self.env = dict(env or {})  # proposer.agent_env: on top of the preset's environment
         self.guard = RepoGuard(watch)
+        self.view = view  # each run in the sandbox's view, where this machine has one
         self.history_limit, self.near_miss, self.crash_repair = history_limit, near_miss_bpb, crash_repair
         self.last_error: str | None = None
         self.last_error_at: float | None = None
@@ -292,7 +300,7 @@ class AgentProposer(ProposerBase):
             log_path = run / "agent.log"
             before, outside = _snapshot(work), self.guard.state()
             started = time.monotonic()
-            rc, timed_out = self._execute(argv, work, log_path, env)
+            rc, timed_out, layers, denied = self._execute(argv, work, log_path, env, self._view(run, argv, env))
             seconds = time.monotonic() - started
             touched = self.guard.changes(outside, self.guard.state())
             output = _tail(log_path, self.max_log_chars)
@@ -300,7 +308,11 @@ class AgentProposer(ProposerBase):
                 report = agents.read_report(f.read(MAX_READ).decode("utf-8", "replace"))
             after = _snapshot(work)
             new = (work / self.editable).read_text(errors="replace") if (work / self.editable).is_file() else ""
-        meta = dict(meta, log=output, exit_code=rc, seconds=round(seconds, 1), agent=self.agent)
+        meta = dict(meta, log=output, exit_code=rc, seconds=round(seconds, 1), agent=self.agent,
+                    containment=",".join(layers))
+        if denied:
+            meta["denied"] = denied
+            log.warning("agent: the run looked at %s (empty decoys: it read nothing there)", ", ".join(denied))
         meta = self._account(meta, report)
         if touched:
             shown = ", ".join(touched[:10]) + (f" (+{len(touched) - 10} more)" if len(touched) > 10 else "")
@@ -361,27 +373,60 @@ class AgentProposer(ProposerBase):
         lines = [ln[:300] for ln in output.splitlines() if ln.strip()][-TAIL_LINES:]
         return head + ("\n" + "\n".join(lines) if lines else " (no output)")
 
-    def _execute(self, argv: list[str], cwd: Path, log_path: Path, env: dict[str, str]) -> tuple[int, bool]:
-        """Run argv in its own process group; (exit status, timed out). The group dies either way."""
+    def _view(self, run: Path, argv: Sequence[str], env: Mapping[str, str]) -> View | None:
+        """What one agent run may see (None: no view asked for): its run directory read-write; the
+        agent's installation and the paths its command names read-only (see :func:`shown_paths`)."""
+        if not self.view:
+            return None
+        return View(writable=[run], readable=shown_paths(argv, env.get("PATH", os.defpath), run))
+
+    def _execute(self, argv: list[str], cwd: Path, log_path: Path, env: dict[str, str],
+                 view: View | None) -> tuple[int, bool, list[str], list[str]]:
+        """Run argv contained (its own session; in ``view`` where this machine allows it); (exit
+        status, timed out, containment layers, canaries touched). Its whole tree dies either way."""
         with open(log_path, "wb") as out:
             try:
-                proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
-                                        stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                proc = start_sandboxed(argv, cwd, env, out, view=view)
             except OSError as e:
                 raise AgentUnavailable(f"cannot start the agent {argv[0]!r}: {e}; install it or set "
                                        f"proposer.agent / proposer.agent_command") from None
-            timed_out = False
-            try:
-                proc.wait(timeout=self.timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                try:  # kill the group: the agent on a timeout, and any helpers it left running
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            rc = proc.wait()
-        return rc, timed_out
+            with proc:
+                timed_out = not proc.wait_exit(self.timeout)
+                proc.kill_tree()  # the agent on a timeout, and any helpers it left running
+                rc = proc.reap()
+                denied = proc.denied()
+        return (rc if rc is not None else -9), timed_out, list(proc.layers), denied
+
+
+def shown_paths(argv: Sequence[str], path: str, run: Path) -> list[Path]:
+    """The host paths an agent run needs to see, read-only, beyond the system and this interpreter:
+    the installation of its command and of ``node`` (the prefix above the ``bin`` directory they are
+    found in, and the package their link points into), ``/etc/resolv.conf``'s target where it lies
+    outside ``/etc`` (systemd-resolved), and every existing absolute path its command names (a
+    custom agent's script). Never the user's home or one of its parents: there the directory of the
+    program itself is shown instead."""
+    home = Path(os.path.abspath(os.path.expanduser("~")))
+    too_wide = {Path("/"), home, *home.parents}
+    out: list[Path] = []
+
+    def show(p: Path) -> None:
+        p = Path(os.path.abspath(p))
+        if p.exists() and not p.is_relative_to(run) and p not in out:
+            out.append(p)
+
+    for name in dict.fromkeys([argv[0], "node"]):
+        found = shutil.which(name, path=path) if os.sep not in name else name
+        if not found:
+            continue
+        for exe in dict.fromkeys([Path(os.path.abspath(found)), Path(os.path.realpath(found))]):
+            show(next((d for d in (exe.parent.parent, exe.parent) if d not in too_wide), exe))
+    resolv = Path(os.path.realpath("/etc/resolv.conf"))
+    if resolv.exists() and not resolv.is_relative_to("/etc"):
+        show(resolv.parent)
+    for arg in argv[1:]:
+        if os.path.isabs(arg) and os.path.exists(arg) and Path(arg) not in too_wide:
+            show(Path(arg))
+    return out
 
 
 def _substitute(arg: str, subs: dict[str, str]) -> str:

@@ -15,6 +15,7 @@ is a swap of that one helper.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -257,3 +258,29 @@ def test_opencode_refuses_an_edit_outside_its_directory(agent_clis, scratch, use
     tools = [(e["part"]["tool"], e["part"]["state"]["status"]) for e in run.events if e.get("type") == "tool_use"]
     assert tools == [("read", "error")], run.log
     assert "external_directory" in run.stderr, run.log
+
+
+# --- through the farm's own proposer, in its view --------------------------------------------------
+
+@pytest.mark.parametrize("preset", ["opencode", "codex"])
+def test_the_proposer_runs_the_real_cli_in_its_view(preset, agent_clis, tmp_path, monkeypatch):
+    """proposer/agent.py itself runs the CLI: its scratch copy, its generated config, and (where the
+    machine has one) the sandbox's view as uid 65534; the CLI's own edit tool still works there."""
+    from proposer.agent import AgentProposer
+    from proposer.base import History
+    from worker.sandbox import view_support
+
+    monkeypatch.setenv("PATH", f"{agent_clis.bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}")
+    monkeypatch.setenv("FARM_TEST_KEY", KEY)
+    script = (opencode_edit if preset == "opencode" else codex_edit)(OLD, NEW, DESCRIPTION)
+    with AgentServer(script) as server:
+        proposer = AgentProposer(agent=preset, model=MODEL, base_url=server.base_url, api_key_env="FARM_TEST_KEY",
+                                 program=PROGRAM, files={"prepare.py": PREPARE}, timeout=90.0)
+        out = proposer.propose(1, History(base_commit="f00dfeed" * 5, base_source=TRAIN))
+    assert len(out) == 1, proposer.last_error
+    [p] = out
+    assert "invalid" not in p.meta, (p.meta.get("invalid"), p.meta["log"])
+    assert p.source == EDITED and p.description == DESCRIPTION, p.meta["log"]
+    _assert_sent(server, "chat" if preset == "opencode" else "responses", set())
+    layers = set(p.meta["containment"].split(","))
+    assert {"view", "pidns", "unprivileged"} <= layers if view_support().view else "view" not in layers

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from cluster import config
@@ -27,6 +30,12 @@ from proposer import agents
 from proposer.agent import AgentProposer, from_settings, start_notes
 from proposer.base import History, Outcome, fingerprint
 from proposer.llm import FallbackProposer
+import worker.sandbox
+from worker.sandbox import TOKEN_VAR, view_support
+from worker.sandbox.view import Support
+
+needs_view = pytest.mark.skipif(not view_support().view, reason="no private view on this machine: "
+                                + view_support().why)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,7 +46,7 @@ TRAIN = "import math\n\nDEPTH = 6  # layers\nMATRIX_LR = 0.04  # lr\n\nprint(mat
 PREPARE = '"""frozen harness"""\nEVAL_TOKENS = 1000\n'
 
 FAKE_AGENT = r'''
-import json, os, subprocess, sys, time
+import json, os, subprocess, sys, tempfile, time
 from pathlib import Path
 
 prompt_file, workdir, mode = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -45,9 +54,6 @@ prompt = Path(prompt_file).read_text()
 assert Path.cwd() == Path(workdir), (Path.cwd(), workdir)
 print("fake agent read", len(prompt), "chars of prompt")
 train = Path("train.py")
-if os.environ.get("COUNT"):
-    with open(os.environ["COUNT"], "a") as f:
-        f.write(mode + "\n")
 
 
 def lr(path):
@@ -69,12 +75,36 @@ elif mode == "pwd-edit":  # opencode: the directory is $PWD, the workspace root 
     print(f"Working directory: {pwd}\nWorkspace root folder: {top.stdout.strip() if top.returncode == 0 else '/'}")
     lr(Path(pwd, "train.py"))
     print("DESCRIPTION: Raise MATRIX_LR to 0.05")
-elif mode == "outside":  # a good edit here, and writes into the user's repository
+elif mode == "outside":  # a good edit here, and tries to write into the user's repository, as a tool would
     lr(train)
-    lr(Path(os.environ["USER_REPO"], "train.py"))
-    Path(os.environ["USER_REPO"], "notes.txt").write_text("the agent was here\n")
-    subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=a@a", "commit", "-qam", "agent"],
-                   cwd=os.environ["USER_REPO"], check=True)
+    repo = os.environ["USER_REPO"]
+    for what, act in (("train.py", lambda: lr(Path(repo, "train.py"))),
+                      ("notes.txt", lambda: Path(repo, "notes.txt").write_text("the agent was here\n")),
+                      ("commit", lambda: subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=a@a", "commit",
+                                                         "-qam", "agent"], cwd=repo, check=True))):
+        try:
+            act()
+            print("outside: wrote", what)
+        except Exception as e:
+            print("outside: could not write", what, type(e).__name__)
+    print("DESCRIPTION: Raise MATRIX_LR to 0.05")
+elif mode == "probe":  # looks around the machine, as a careless or curious agent might, then edits
+    def attempt(what, act):
+        try:
+            act()
+            print("probe: reached", what)
+        except Exception as e:
+            print("probe: refused", what, type(e).__name__)
+    secret = os.environ["SECRET_HOME"]
+    def read_in(d, name):  # list the directory, then read the file
+        print(os.listdir(os.path.join(secret, d)))
+        print(open(os.path.join(secret, d, name)).read())
+    attempt("ssh", lambda: read_in(".ssh", "id_ed25519"))
+    attempt("farm-home", lambda: read_in("autoresearch-farm", "redis.url"))
+    attempt("shadow", lambda: open("/etc/shadow").read())
+    attempt("repo", lambda: Path(os.environ["USER_REPO"], "notes.txt").write_text("x"))
+    attempt("proposer", lambda: open(f"/proc/{os.environ['PROPOSER_PID']}/environ").read())
+    lr(train)
     print("DESCRIPTION: Raise MATRIX_LR to 0.05")
 elif mode == "fail":  # opencode with its endpoint down: retries, an error event, exit 1
     for i in range(30):
@@ -112,7 +142,7 @@ elif mode.startswith("events-"):  # echo the prompt, edit, then the CLI's own JS
     for ev in events:
         print(json.dumps(ev))
 elif mode == "env":  # what the agent was given
-    Path(os.environ["DUMP"]).write_text(json.dumps({"env": dict(os.environ), "argv": sys.argv}))
+    print("ENV-DUMP " + json.dumps({"env": dict(os.environ), "argv": sys.argv, "tmp": tempfile.gettempdir()}))
     lr(train)
 elif mode == "prepare":
     train.write_text(train.read_text().replace("DEPTH = 6", "DEPTH = 8"))
@@ -122,8 +152,7 @@ elif mode == "new-file":
     Path("helpers.py").write_text("X = 1\n")
     train.write_text("import helpers\n" + train.read_text())
 elif mode == "hang":  # with a helper process, which must die with it
-    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    Path(os.environ["PID_FILE"]).write_text(str(helper.pid))
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", os.environ["MARK"]])
     print("thinking...", flush=True)
     time.sleep(60)
 elif mode == "fix":
@@ -179,12 +208,11 @@ def test_an_edit_of_train_py_becomes_a_proposal(fake):
 
 
 def test_the_prompt_carries_history_queue_and_ideas(fake, tmp_path):
-    copy = tmp_path / "prompt-copy.txt"
-    cmd = ["sh", "-c", f'cp "$1" {copy}; sed -i s/0.04/0.06/ train.py; ls > /dev/null', "sh", "{prompt_file}"]
+    cmd = ["sh", "-c", 'cat "$1"; sed -i s/0.04/0.06/ train.py; ls > /dev/null', "sh", "{prompt_file}"]
     h = history(outcomes=[Outcome({"description": "DEPTH 6 -> 8"}, "ok", 0.0123)], baseline_bpb=1.5,
                 best_bpb=1.49, pending_descriptions=["queued X"], ideas=["idea A", "idea B"])
     [p] = AgentProposer(cmd, program="PROGRAM TEXT", files={"prepare.py": PREPARE}).propose(1, h)
-    prompt = copy.read_text()
+    prompt = p.meta["log"]  # the prompt file, as the agent read it
     for part in ("program.md", "+0.012300  DEPTH 6 -> 8", "1.500000", "queued X", "idea A", "idea B",
                  "DESCRIPTION:", "Do not change, create or delete any other file"):
         assert part in prompt, part
@@ -205,28 +233,31 @@ def test_the_agent_works_in_its_scratch_copy_whatever_pwd_the_farm_was_started_w
 
 
 def test_the_agent_gets_a_scrubbed_environment_and_a_home_of_its_own(fake, tmp_path, monkeypatch):
-    dump = tmp_path / "env.json"
     for name, value in (("OPENAI_API_KEY", "sk-the-key"), ("OTHER_API_KEY", "sk-not-for-agents"),
                         ("RAY_ADDRESS", "10.0.0.1:6379"), ("REDIS_URL", "redis://x"), ("AUTORESEARCH_X", "1"),
                         ("HOME", str(tmp_path / "user-home")), ("XDG_CONFIG_HOME", str(tmp_path / "user-config"))):
         monkeypatch.setenv(name, value)
     cmd = command(fake, "env") + ["--model={model}"]
-    a = AgentProposer(cmd, model="m-1", api_key_env="OPENAI_API_KEY", env={"DUMP": str(dump)})
+    a = AgentProposer(cmd, model="m-1", api_key_env="OPENAI_API_KEY", env={"EXTRA": "from agent_env"})
     [p] = a.propose(1, history())
     assert "invalid" not in p.meta, p.meta
-    got = json.loads(dump.read_text())
+    got = json.loads(p.meta["log"].split("ENV-DUMP ", 1)[1].splitlines()[0])
     env, workdir = got["env"], Path(got["argv"][2])
     run = workdir.parent
-    assert env["PWD"] == str(workdir) and env["OPENAI_API_KEY"] == "sk-the-key" and env["DUMP"] == str(dump)
-    assert env["HOME"] == str(run / "home") and env["TMPDIR"] == str(run / "tmp")
+    assert env["PWD"] == str(workdir) and env["OPENAI_API_KEY"] == "sk-the-key" and env["EXTRA"] == "from agent_env"
+    assert env["HOME"] == str(run / "home") and env["TMPDIR"] == str(run / "tmp") == got["tmp"]
     for xdg in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
         assert env[xdg].startswith(str(run / "home") + "/"), xdg
-    assert not [k for k in env if k.startswith(("RAY_", "REDIS", "AUTORESEARCH_")) or k == "OTHER_API_KEY"]
+    # the sandbox's own marker of the run's processes is the one AUTORESEARCH_ variable
+    assert not [k for k in env if k.startswith(("RAY_", "REDIS", "AUTORESEARCH_")) and k != TOKEN_VAR
+                or k == "OTHER_API_KEY"]
     assert got["argv"][-1] == "--model=m-1"
     assert not run.exists()  # the run's directory is gone with it
 
 
-def test_an_agent_that_writes_into_the_users_repository_is_refused_loudly(fake, user_repo, caplog):
+def test_an_agent_that_writes_into_the_users_repository_is_refused_loudly(fake, user_repo, caplog, monkeypatch):
+    """Where the machine has no view (the guard is then all there is), or with the view off."""
+    monkeypatch.setattr(worker.sandbox, "view_support", lambda: Support(False, None, why="forced off"))
     a = agent(fake, "outside", env={"USER_REPO": str(user_repo)}, watch=[str(user_repo / "subdir-less"),
                                                                           str(user_repo)])
     with caplog.at_level(logging.ERROR, logger="proposer.agent"):
@@ -241,6 +272,42 @@ def test_an_agent_that_writes_into_the_users_repository_is_refused_loudly(fake, 
     assert (user_repo / "notes.txt").is_file()
     assert any("cannot undo" in r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
     assert "outside its scratch copy" in a.status()["last_error"]
+    assert "view" not in p.meta["containment"].split(",")
+
+
+@needs_view
+def test_in_its_view_an_agent_reaches_nothing_of_the_user_or_the_farm(fake, user_repo, tmp_path, monkeypatch):
+    """The agent runs where the farm runs (as root here, as on GPU nodes): it still cannot read the
+    user's keys, the farm's home, /etc/shadow or the proposer's environment, nor write the user's
+    repository; what it looked at among the credential paths is the proposal's ``denied``."""
+    home = tmp_path / "user-home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY")
+    (home / "autoresearch-farm").mkdir()
+    (home / "autoresearch-farm" / "redis.url").write_text("redis://farm-secret")
+    monkeypatch.setenv("HOME", str(home))
+    a = agent(fake, "probe", env={"USER_REPO": str(user_repo), "SECRET_HOME": str(home),
+                                  "PROPOSER_PID": str(os.getpid())}, watch=[str(user_repo)])
+    [p] = a.propose(1, history())
+    assert "invalid" not in p.meta, (p.meta.get("invalid"), p.meta["log"])
+    assert p.source == TRAIN.replace("0.04", "0.05")  # its own edit came through
+    for what in ("ssh", "farm-home", "shadow", "repo", "proposer"):
+        assert f"probe: refused {what}" in p.meta["log"], p.meta["log"]
+    assert "PRIVATE KEY" not in p.meta["log"] and "farm-secret" not in p.meta["log"]
+    assert not (user_repo / "notes.txt").exists()
+    assert {"view", "pidns", "unprivileged"} <= set(p.meta["containment"].split(","))
+    assert p.meta["denied"] == [str(home / ".ssh"), str(home / "autoresearch-farm")]
+
+
+@needs_view
+def test_in_its_view_an_agent_that_writes_into_the_users_repository_changes_nothing(fake, user_repo):
+    a = agent(fake, "outside", env={"USER_REPO": str(user_repo)}, watch=[str(user_repo)])
+    [p] = a.propose(1, history())
+    assert "invalid" not in p.meta, (p.meta.get("invalid"), p.meta["log"])
+    for what in ("train.py", "notes.txt", "commit"):
+        assert f"outside: could not write {what}" in p.meta["log"], p.meta["log"]
+    assert (user_repo / "train.py").read_text() == TRAIN and not (user_repo / "notes.txt").exists()
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=user_repo, capture_output=True, text=True).stdout == ""
 
 
 def test_a_head_on_a_branch_of_the_farm_may_move_with_a_merge():
@@ -256,15 +323,14 @@ def test_a_head_on_a_branch_of_the_farm_may_move_with_a_merge():
 
 
 def test_a_failing_agent_is_a_failed_request_and_the_fallback_keeps_proposing(fake, tmp_path):
-    count = tmp_path / "count"
-    fb = from_settings({"agent": "custom", "agent_command": command(fake, "fail"), "agent_env": {"COUNT": str(count)},
+    fb = from_settings({"agent": "custom", "agent_command": command(fake, "fail"),
                         "profile": "gpu", "fallback_cooldown": 1.0, "concurrency": 1})
     assert isinstance(fb, FallbackProposer)
     out = fb.propose(3, history())
     assert len(out) == 3 and {p.origin for p in out} == {"mutate"}
     assert all("invalid" not in p.meta for p in out)
-    assert count.read_text().splitlines() == ["fail"]  # the call's other runs are skipped, like an LLM's requests
     status = fb.status()
+    assert status["usage"]["requests"] == 1  # the call's other runs are skipped, like an LLM's requests
     error = status["last_error"]
     assert error.startswith("the agent python exited with status 1 after ")
     assert "Cannot connect to API: connection refused" in error.splitlines()[0]
@@ -272,10 +338,10 @@ def test_a_failing_agent_is_a_failed_request_and_the_fallback_keeps_proposing(fa
     assert status["usage"]["failed"] == 1
     # within the cool-down the agent is not asked; the offline search keeps the workers fed
     again = fb.propose(2, history(tried={fingerprint(p.source) for p in out}))
-    assert len(again) == 2 and {p.origin for p in again} == {"mutate"} and len(count.read_text().splitlines()) == 1
+    assert len(again) == 2 and {p.origin for p in again} == {"mutate"} and fb.status()["usage"]["requests"] == 1
     time.sleep(1.1)
     fb.propose(1, history())
-    assert len(count.read_text().splitlines()) == 2  # asked again after the cool-down
+    assert fb.status()["usage"]["requests"] == 2  # asked again after the cool-down
     # `autoresearch-farm status` shows it, with the output's tail
     text = format_status(_status_dict({"last_error": error, "last_error_at": status["last_error_at"]}))
     assert "proposer: last error at " in text and "  | retrying the request (30)" in text
@@ -422,17 +488,33 @@ def test_a_new_file_is_refused(fake):
 
 
 def test_a_hanging_agent_is_killed_at_the_timeout_as_a_failed_request(fake, tmp_path):
-    pid_file = tmp_path / "pid"
+    mark = f"helper-of-{tmp_path.name}"  # on the helper's command line: found from outside its PID namespace
+
+    def helpers():
+        return [p for p in psutil.process_iter(["cmdline", "status"])
+                if mark in (p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE]
+
     t0 = time.monotonic()
-    a = agent(fake, "hang", timeout=1.0, env={"PID_FILE": str(pid_file)})
+    a = agent(fake, "hang", timeout=3.0, env={"MARK": mark})
+    seen: list = []
+
+    def watch():
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            seen.extend(helpers())
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     assert a.propose(1, history()) == []
-    assert time.monotonic() - t0 < 15
-    assert "ran past its 1 s timeout" in a.last_error and "thinking..." in a.last_error and a.failed_requests == 1
-    helper = Path(f"/proc/{int(pid_file.read_text())}/status")
+    watcher.join()
+    assert time.monotonic() - t0 < 20
+    assert "ran past its 3 s timeout" in a.last_error and "thinking..." in a.last_error and a.failed_requests == 1
+    assert seen, "the helper never started"
     deadline = time.monotonic() + 5
-    while helper.exists() and "zombie" not in helper.read_text() and time.monotonic() < deadline:
+    while helpers() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not helper.exists() or "zombie" in helper.read_text()  # the agent's helper died with it
+    assert not helpers()  # the agent's helper died with it
 
 
 def test_an_agent_that_changes_nothing_is_dropped_with_a_reason(fake):

@@ -216,8 +216,9 @@ def start_sandboxed(
             os.set_inheritable(status_w, True)
             if support.identity == "setpriv":
                 give(view.writable, view.uid, view.gid)
-            if "TMPDIR" in child_env:
-                child_env["TMPDIR"] = "/tmp"  # the worker's may not be in the view
+            tmp = child_env.get("TMPDIR")
+            if tmp and not any(Path(os.path.abspath(tmp)).is_relative_to(os.path.abspath(w)) for w in view.writable):
+                child_env["TMPDIR"] = "/tmp"  # the worker's is not in the view: the view's own
             argv = _view_prefix(view, Path(cwd), root, decoys=decoys, canaries=canaries, readonly=protected,
                                 isolate_network=isolate_network, support=support, lock=lock,
                                 status_fd=status_w) + argv
