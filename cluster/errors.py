@@ -51,3 +51,15 @@ class RunFailed(FarmError):
             f"The whole output: {log_file} (on {err.node}: {err.log_path}). No candidate is blamed: its job "
             f"went back to the queue, as did any still running. Fix the data preparation (the command, run in "
             f"the target repository, shows it), then `autoresearch-farm run --tag {tag} --resume` continues.")
+
+
+def containment_refusal(missing: list[str], accepted: tuple[str, ...], why: str, where: str = "here") -> str | None:
+    """Why a farm must not start whose runs ``where`` would lack the ``missing`` layers that
+    train.accept_missing (``accepted``) does not name, with what to do; None when nothing is refused."""
+    refused = [k for k in missing if k not in accepted]
+    if not refused:
+        return None
+    return (f"containment: runs {where} would lack {' and '.join(refused)} ({why or 'not available'}); a candidate "
+            f"could then read what the worker's user can (its credentials, the farm's Redis). Run the farm as root "
+            f"of the host or as an unprivileged user with user namespaces, or accept it: "
+            f"train.accept_missing = {list(refused)!r}".replace("'", '"'))

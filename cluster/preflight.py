@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cluster.config import FarmConfig, TrainConfig
-from cluster.errors import ConfigError, RepoError
+from cluster.errors import ConfigError, RepoError, containment_refusal
 from cluster.repo import FarmRepo
 from worker import tripwire
 from worker.harness import FARM, UNKNOWN, UPSTREAM, HarnessInfo, read_harness
 from worker.sandbox import RUN_UID, view_support
+from worker.sandbox.view import CONTAINMENT
 
 TRUST_FARM = "trusted-eval"
 TRUST_UPSTREAM = ("trusted-eval (the model is exported at evaluate_bpb and scored in a separate process), "
@@ -243,25 +244,17 @@ def _data(cfg: FarmConfig, h: HarnessInfo, kind: str, say: Callable[[str], None]
     say(f"  data: missing in {cache} on this machine ({', '.join(gaps)}); {first}")
 
 
-CONTAINMENT = ("view", "unprivileged")  # what every run must have, unless train.accept_missing names it
-
-
 def _containment(cfg: FarmConfig, refusals: list[str]) -> str:
     """The containment runs get on this machine, in words; a layer it lacks that train.accept_missing
     does not name is refused, with what to do (docs/TRUST.md)."""
     s = view_support()
-    have = {"view": s.view, "unprivileged": s.view and s.identity is not None}
-    missing = [k for k in CONTAINMENT if not have[k]]
+    missing = s.missing()
     unknown = sorted(set(cfg.train.accept_missing) - set(CONTAINMENT))
     if unknown:
         refusals.append(f"train.accept_missing names {', '.join(unknown)}: it may name {', '.join(CONTAINMENT)}")
-    refused = [k for k in missing if k not in cfg.train.accept_missing]
+    refused = containment_refusal(missing, cfg.train.accept_missing, s.why)
     if refused:
-        refusals.append(
-            f"containment: runs here would lack {' and '.join(refused)} ({s.why or 'not available'}); a candidate "
-            f"could then read what the worker's user can (its credentials, the farm's Redis). Run the farm as root "
-            f"of the host or as an unprivileged user with user namespaces, or accept it: "
-            f"train.accept_missing = {list(refused)!r}".replace("'", '"'))
+        refusals.append(refused)
     who = {"setpriv": f"as uid {RUN_UID}", "user": "as the worker's own user"}.get(s.identity or "", "as root")
     words = (f"containment: own filesystem view, own PIDs, {who}" if s.view else "containment: no private view")
     return words + (f" (accepted without {', '.join(missing)})" if missing and not refused else "")

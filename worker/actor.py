@@ -27,6 +27,7 @@ from worker import tripwire
 from worker.curve import CurveFollower, parse_curve
 from worker.upstream import host, launch as upstream
 from worker.runner import RunOutcome, run_prepare, run_training
+from worker import sandbox
 from worker.sandbox import View
 from worker.settings import WorkerSettings
 from worker.summary import is_valid
@@ -169,8 +170,17 @@ class Worker:
             "gpu_ids": self._gpu_ids,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "accelerator": self.accelerator,
+            **self._containment(),
             **({"curve": {"job": live[0], "points": live[1].curve(LIVE_CURVE_POINTS)}} if (live := self._live) else {}),
         }
+
+    def _containment(self) -> dict[str, Any]:
+        """The layers this node's runs would lack (the placement refuses a node the config did not
+        accept: the pre-flight probed only the machine the farm was started on), and why."""
+        if not self.settings.view:
+            return {"containment_missing": []}
+        support = sandbox.view_support()
+        return {"containment_missing": support.missing(), "containment_why": support.why}
 
     def _env(self) -> dict[str, str]:
         s = self.settings

@@ -18,7 +18,7 @@ from typing import Any
 import ray
 
 from cluster.config import FarmConfig
-from cluster.errors import FarmError
+from cluster.errors import FarmError, containment_refusal
 from cluster.loop.fleet import WorkerSlot
 from worker.settings import WorkerSettings
 
@@ -187,7 +187,22 @@ def start_workers(cfg: FarmConfig, tag: str, work_root: str) -> list[WorkerSlot]
             raise FarmError(f"worker {slot.name} reports GPUs {info['gpu_ids']}, not its bundle's "
                             f"{places[i]['gpu_ids']}; its name would be wrong")
         log.info("%s on %s: GPUs %s (%s)", slot.name, info["node"], info["gpu_ids"] or "none", info["accelerator"])
+    refused = unaccepted_containment(cfg, [s.info for s in slots], [s.name for s in slots])
+    if refused:
+        stop_workers(slots)
+        raise FarmError(refused)
     return slots
+
+
+def unaccepted_containment(cfg: FarmConfig, infos: list[dict[str, Any]], names: list[str]) -> str | None:
+    """Why the farm must not run on these workers: the first whose node lacks a containment layer
+    that train.accept_missing does not name (its ``info()``); None when every node has them."""
+    for name, info in zip(names, infos):
+        refused = containment_refusal(list(info.get("containment_missing", [])), cfg.train.accept_missing,
+                                      info.get("containment_why", ""), where=f"on {info.get('node', '?')} ({name})")
+        if refused:
+            return refused
+    return None
 
 
 def stop_workers(slots: list[WorkerSlot]) -> None:

@@ -190,3 +190,29 @@ def test_a_run_records_its_harness_and_status_prints_the_trust(tmp_path):
     trust = f"printed metric, cache read-only, tripwire; containment: own filesystem view, own PIDs, {who}"
     assert s["harness"]["trust"] == trust and s["harness"]["budget"] == 1.0
     assert f"trust: {trust} (farm harness, budget 1 s" in farm("status").stdout
+
+
+def test_a_worker_node_without_the_view_is_refused_at_placement_unless_accepted(tmp_path, monkeypatch):
+    """The pre-flight probes the machine the farm starts on; every worker reports its own node's
+    layers (Worker.info), and the placement refuses a node the config did not accept."""
+    import worker.sandbox
+    from cluster import config
+    from cluster.actors.placement import unaccepted_containment
+    from worker.actor import Worker
+    from worker.sandbox.view import Support
+    from worker.settings import WorkerSettings
+
+    monkeypatch.setattr(worker.sandbox, "view_support", lambda: Support(False, None, why="no mount namespace"))
+    bare = Worker(WorkerSettings(name="gpu3", work_root=str(tmp_path / "w"), command=["python", "train.py"],
+                                 budget=1, grace=1)).info()
+    assert bare["containment_missing"] == ["view", "unprivileged"]
+    good = {**bare, "node": "node-a", "containment_missing": []}
+    bare = {**bare, "node": "node-b"}
+    cfg = config.FarmConfig()
+    refused = unaccepted_containment(cfg, [good, bare], ["gpu0", "gpu3"])
+    assert refused and refused.startswith("containment: runs on node-b (gpu3) would lack view and unprivileged "
+                                          "(no mount namespace)"), refused
+    assert 'train.accept_missing = ["view", "unprivileged"]' in refused
+    accepting = config.from_dict({"train": {"accept_missing": ["view", "unprivileged"]}})
+    assert unaccepted_containment(accepting, [good, bare], ["gpu0", "gpu3"]) is None
+    assert unaccepted_containment(cfg, [good, good], ["gpu0", "gpu1"]) is None

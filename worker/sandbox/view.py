@@ -70,6 +70,7 @@ CANARIES: tuple[tuple[str, bool], ...] = (
     (".git-credentials", False), (".gitconfig", False), (".cache/huggingface", True), (".pypirc", False),
 )
 STATUS_FD_ARG = "--status-fd"
+CONTAINMENT = ("view", "unprivileged")  # what every run must have, unless train.accept_missing names it
 
 # PID 1 of the run's namespace: runs the command as its child, reaps every orphan, reports the
 # command's wait status on the fd it is given, and exits with its code (128 + n for a signal).
@@ -162,6 +163,11 @@ class Support:
     identity: str | None
     sys_bind: str = "--bind"
     why: str = ""
+
+    def missing(self) -> list[str]:
+        """The layers of :data:`CONTAINMENT` that runs here would lack."""
+        have = {"view": self.view, "unprivileged": self.view and self.identity is not None}
+        return [k for k in CONTAINMENT if not have[k]]
 
 
 def _is_root() -> bool:
