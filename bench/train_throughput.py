@@ -4,7 +4,9 @@ What runs: ``train.py`` of this repository, ``--runs`` times in a row, through t
 :class:`worker.actor.Worker` the farm's Ray actors wrap (scrubbed environment, containment,
 network namespace, frozen-file check, the compile caches kept under the worker's root). No Ray,
 Redis or git: this measures one worker, so it also runs where those are not installed. The
-compile caches start empty, so run 1 is a cold start and the later runs are warm ones.
+compile caches start empty, so run 1 is a cold start and the later runs are warm ones (with
+``--view alternate``, runs with and without the view take turns, each kind in a worker of its own
+whose first run is cold).
 
 Per run it reports, from the summary block and from the time each log line appeared:
   val_bpb, training_seconds, tokens/s (median of the second half of the step lines), MFU,
@@ -17,6 +19,7 @@ Per run it reports, from the summary block and from the time each log line appea
 
 Prepare the data first (``python prepare.py``). Examples:
   python bench/train_throughput.py --quick              # CPU: two 10 s runs
+  python bench/train_throughput.py --quick --runs 9 --view alternate   # CPU: tok/s with the view / without
   python bench/train_throughput.py --runs 2 --budget 300 --warm-budget 60 --json out.json   # GPU
 """
 
@@ -101,7 +104,7 @@ def steady_rate(rates: list[float]) -> float | None:
     return statistics.median(half) if half else None
 
 
-def measure(worker: Worker, files: dict[str, bytes], index: int, budget: float) -> dict[str, Any]:
+def measure(worker: Worker, files: dict[str, bytes], index: int, budget: float, cold: bool) -> dict[str, Any]:
     worker.settings = dataclasses.replace(worker.settings, budget=budget)
     job = {"id": f"run{index}", "cand": "bench", "commit": "HEAD", "attempt": 1, "purpose": "measure"}
     log_path = worker.root / "logs" / f"bench-run{index}-a1.log"
@@ -113,7 +116,7 @@ def measure(worker: Worker, files: dict[str, bytes], index: int, budget: float) 
     s = r.get("summary") or {}
     trained = r.get("training_seconds")
     row = {
-        "run": index, "cache": "cold" if index == 1 else "warm", "budget": budget, "status": r["status"],
+        "run": index, "cache": "cold" if cold else "warm", "budget": budget, "status": r["status"],
         "reason": r.get("reason"), "val_bpb": r.get("val_bpb"), "training_seconds": trained,
         "wall_seconds": round(r["wall_seconds"], 2), "call_seconds": round(call_s, 2),
         "startup_seconds": round(clock.first_step - t0, 2) if clock.first_step else None,
@@ -141,7 +144,8 @@ def machine() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=2, help="runs in a row; run 1 starts with empty compile caches")
+    ap.add_argument("--runs", type=int, default=None,
+                    help="runs in a row (default 2); run 1 starts with empty compile caches")
     ap.add_argument("--budget", type=float, default=300.0, help="training seconds of run 1")
     ap.add_argument("--warm-budget", type=float, default=None, help="training seconds of runs 2+ (default: --budget)")
     ap.add_argument("--grace", type=float, default=180.0, help="seconds past the budget before a run is killed")
@@ -156,15 +160,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="the sandbox's private filesystem view (train: always on); alternate: warm runs take turns "
                          "without and with it, and the tok/s ratio with/without is printed")
     ap.add_argument("--json", default=None, help="write the rows and the machine here")
-    ap.add_argument("--quick", action="store_true", help="two 10 s runs (CPU-sized)")
+    ap.add_argument("--quick", action="store_true", help="10 s runs (CPU-sized), two unless --runs says")
     args = ap.parse_args(argv)
     if args.quick:
-        args.runs, args.budget, args.warm_budget, args.grace = 2, 10.0, 10.0, 120.0
+        args.budget, args.warm_budget, args.grace = 10.0, 10.0, 120.0
+    args.runs = args.runs or 2
     warm_budget = args.warm_budget if args.warm_budget is not None else args.budget
 
     root = Path(args.work_root or tempfile.mkdtemp(prefix="arf-train-bench-"))
-    for cache in ("inductor-cache", "triton-cache"):  # run 1 must be a cold start
-        shutil.rmtree(root / "bench" / cache, ignore_errors=True)
+    for name in ("bench", "bench-plain"):  # each worker's first run must be a cold start
+        for cache in ("inductor-cache", "triton-cache"):
+            shutil.rmtree(root / name / cache, ignore_errors=True)
     settings = WorkerSettings(
         name="bench", work_root=str(root), command=["python", "train.py"], prepare_command=[],
         budget=args.budget, grace=args.grace, cache_dir="", isolate_network=not args.no_netns,
@@ -172,15 +178,22 @@ def main(argv: list[str] | None = None) -> int:
         trusted_eval=not args.no_trusted_eval, view=args.view != "off",
     )
     worker = Worker(settings)
-    plain = Worker(dataclasses.replace(settings, view=False)) if args.view == "alternate" else worker
+    # without the view, a worker of its own: a view's runs own their worker's directories (uid 65534),
+    # which a run without the view (root only inside its user namespace) cannot write
+    plain = Worker(dataclasses.replace(settings, name="bench-plain", view=False)) if args.view == "alternate" else worker
+    started: set[str] = set()
     files = {name: (REPO / name).read_bytes() for name in ("train.py", "prepare.py")}
     report: dict[str, Any] = {"machine": machine(), "accelerator": worker.accelerator, "rows": []}
     print(f"machine: {report['machine']}", flush=True)
     for i in range(1, args.runs + 1):
-        budget = args.budget if i == 1 else warm_budget
-        print(f"run {i}/{args.runs}: budget {budget:g} s ...", flush=True)
         viewed = args.view == "on" or (args.view == "alternate" and i % 2 == 1)
-        row = measure(worker if viewed else plain, files, i, budget)
+        who = worker if viewed else plain
+        cold = who.name not in started
+        started.add(who.name)
+        budget = args.budget if cold else warm_budget
+        print(f"run {i}/{args.runs}: budget {budget:g} s{' (cold)' if cold else ''}, view "
+              f"{'on' if viewed else 'off'} ...", flush=True)
+        row = measure(who, files, i, budget, cold)
         row["view"] = viewed
         report["rows"].append(row)
         print(json.dumps(row), flush=True)
@@ -208,8 +221,8 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 
 def view_ratio(rows: list[dict[str, Any]]) -> str | None:
-    """The warm runs' median tok/s with the view over without it (run 1 is the cold start, left out)."""
-    warm = [r for r in rows[1:] if r.get("tok_per_s")]
+    """The warm runs' median tok/s with the view over without it (the cold starts left out)."""
+    warm = [r for r in rows if r.get("cache") == "warm" and r.get("tok_per_s")]
     on, off = [r["tok_per_s"] for r in warm if r["view"]], [r["tok_per_s"] for r in warm if not r["view"]]
     if not (on and off):
         return None
