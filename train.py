@@ -6,9 +6,11 @@ UPPER_CASE constants, plain literals, one comment each. `prepare.py` is the froz
 (data, tokenizer, dataloader, evaluation) and must not be changed.
 
 Two profiles share this file. On a GPU the main constants are used (bf16 autocast, torch.compile,
-FlashAttention-3 when the `kernels` package can load it). Without a GPU the `CPU_*` twins replace
-the constants they name, so a laptop or a CI box trains a model small enough to learn something
-within a short budget. Set AUTORESEARCH_DEVICE=cpu|cuda to force a device.
+FlashAttention-3 when the `kernels` package can load it, else PyTorch SDPA; FlexAttention, which needs no
+download, on request: AUTORESEARCH_ATTENTION=flex).
+Without a GPU the `CPU_*` twins replace the constants they name, so a laptop or a CI box trains a model
+small enough to learn something within a short budget. Set AUTORESEARCH_DEVICE=cpu|cuda to force a
+device and AUTORESEARCH_ATTENTION=auto|fa3|flex|sdpa to force an attention path (see select_attention).
 
 The seed is the farm's, not this file's: `prepare.seed()` (AUTORESEARCH_SEED, 42 outside the farm)
 seeds torch, CUDA and the train dataloader, so each measurement is an independent draw.
@@ -26,6 +28,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+try:  # FlexAttention (torch >= 2.5): sliding windows through a block-sparse mask, nothing to download
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+except ImportError:
+    create_block_mask = flex_attention = None
 
 from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, evaluate_bpb, make_dataloader, seed
 
@@ -82,18 +89,47 @@ EXCLUDED_STEPS = 10 if USE_CUDA else 1
 
 
 def load_flash_attention():
-    """FlashAttention-3 from the `kernels` hub package, or None (then PyTorch SDPA is used)."""
+    """(FlashAttention-3 from the `kernels` hub package, None), or (None, why it is unavailable)."""
     if not USE_CUDA:
-        return None
+        return None, "no GPU"
     try:
         from kernels import get_kernel
 
         major, _ = torch.cuda.get_device_capability()
         repo = "varunneal/flash-attention-3" if major == 9 else "kernels-community/flash-attn3"
-        return get_kernel(repo).flash_attn_interface
-    except Exception as e:  # no package, no network, or an unsupported GPU: SDPA is fine
-        print(f"flash-attention-3 unavailable ({type(e).__name__}); using PyTorch SDPA", flush=True)
-        return None
+        return get_kernel(repo).flash_attn_interface, None
+    except Exception as e:  # no package, no network, or an unsupported GPU: FlexAttention or SDPA instead
+        return None, f"flash-attention-3 unavailable: {type(e).__name__}"
+
+
+def select_attention():
+    """The attention path, printed: ("fa3", its module), ("flex", None) or ("sdpa", None). By default (auto)
+    FA3 where it loads, else SDPA. AUTORESEARCH_ATTENTION=fa3|flex|sdpa forces one: flex runs on CPU too
+    (forward only: torch has no CPU backward for it), and a forced fa3 that does not load (it comes from the
+    hub) falls back as auto would. FlexAttention is not auto's pick yet: its numerics match SDPA's
+    (tests/worker/test_attention.py), its speed on a GPU is unmeasured (bench/gpu_session.sh compares)."""
+    choices = ("auto", "fa3", "flex", "sdpa")
+    want = os.environ.get("AUTORESEARCH_ATTENTION", "").strip().lower() or "auto"
+    if want not in choices:
+        raise SystemExit(f"AUTORESEARCH_ATTENTION must be one of {', '.join(choices)}, not {want!r}")
+    if want == "flex" and flex_attention is None:  # part of torch, not downloaded: its absence is a set-up error
+        raise SystemExit("AUTORESEARCH_ATTENTION=flex, but torch.nn.attention.flex_attention does not import")
+    if want in ("flex", "sdpa"):
+        path, flash, why = want, None, f"AUTORESEARCH_ATTENTION={want}"
+        why += "; forward only on CPU" if want == "flex" and not USE_CUDA else ""
+    else:
+        flash, why = load_flash_attention()
+        if want == "fa3" and flash is None:
+            why = f"AUTORESEARCH_ATTENTION=fa3 but {why}; falling back as auto would"
+        path = "fa3" if flash is not None else "sdpa"
+    print(f"attention: {path}" + (f" ({why})" if why else ""), flush=True)
+    return path, flash
+
+
+# FlexAttention compiled on its own, for the callers that run the model eagerly (evaluate_bpb on the uncompiled
+# model, the farm's evaluator): eager flex_attention materialises the T×T scores. Inside the compiled model the
+# plain function is traced instead. Only on CUDA (compiling costs seconds on import; the CPU runs it eagerly).
+flex_fused = torch.compile(flex_attention, dynamic=False) if USE_CUDA and flex_attention is not None else flex_attention
 
 
 # ---------------------------------------------------------------------------
@@ -150,8 +186,11 @@ class Attention(nn.Module):
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             if mask is None:
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            else:
+            elif isinstance(mask, torch.Tensor):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            else:  # a FlexAttention BlockMask: only the blocks that meet the window are computed
+                called_eagerly = q.is_cuda and not torch.compiler.is_compiling()
+                y = (flex_fused if called_eagerly else flex_attention)(q, k, v, block_mask=mask)
             y = y.transpose(1, 2)
         return self.c_proj(y.contiguous().view(B, T, C))
 
@@ -178,9 +217,11 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, config, flash=None):
+    def __init__(self, config, flash=None, attention=None):
         super().__init__()
         self.config = config
+        self.attention = attention or ("fa3" if flash is not None else "sdpa")  # see select_attention
+        assert self.attention in ("fa3", "flex", "sdpa") and (flash is not None) == (self.attention == "fa3")
         L, C = config.n_layer, config.n_embd
         self.wte = nn.Embedding(config.vocab_size, C)
         self.blocks = nn.ModuleList([Block(config, i, flash) for i in range(L)])
@@ -196,6 +237,8 @@ class GPT(nn.Module):
         cos, sin = self.rotary_tables(config.sequence_len, head_dim)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
+        # FlexAttention block masks for the full sequence, built once (moved by .to() with the buffers)
+        self.block_masks = self.flex_masks(config.sequence_len, "cpu") if self.attention == "flex" else {}
 
     def layer_windows(self):
         cfg = self.config
@@ -226,8 +269,29 @@ class GPT(nn.Module):
             nn.init.normal_(emb.weight, std=1.0)
         nn.init.normal_(self.lm_head.weight, std=0.001)
 
+    @staticmethod
+    def block_mask(window, T, device):
+        """FlexAttention BlockMask of causal attention within the last `window` positions. create_block_mask
+        evaluates the mask_mod over the T×T grid once, here; attention then visits only the blocks it keeps."""
+        return create_block_mask(lambda b, h, q, kv: (kv <= q) & (q - kv < window), None, None, T, T, device=device)
+
+    def flex_masks(self, T, device):
+        """Block masks for the windows shorter than T. A window that spans T is plain causal attention, which
+        SDPA's flash kernel runs with no mask at all: the flex path uses FlexAttention exactly where SDPA
+        would need a dense T×T mask."""
+        return {w: self.block_mask(w, T, device) for w in set(self.windows) if w < T}
+
+    def _apply(self, fn, recurse=True):  # BlockMasks are not tensors: .to() moves them along with the buffers
+        super()._apply(fn, recurse)
+        self.block_masks = {w: m.to(self.cos.device) for w, m in self.block_masks.items()}
+        return self
+
     def masks(self, T, device):
-        """Boolean sliding-window masks for SDPA (None where plain causal attention will do)."""
+        """Per window: None where plain causal attention will do, else a FlexAttention block mask (flex path)
+        or a boolean sliding-window mask for SDPA."""
+        if self.attention == "flex":
+            masks = self.block_masks if T == self.config.sequence_len else self.flex_masks(T, device)
+            return {w: masks.get(w) for w in set(self.windows)}
         out = {}
         for w in set(self.windows):
             if w >= T:
@@ -357,7 +421,8 @@ def build_model(vocab_size):
         value_embeds=VALUE_EMBEDS,
         softcap=LOGIT_SOFTCAP,
     )
-    return GPT(config, flash=load_flash_attention())
+    attention, flash = select_attention()
+    return GPT(config, flash=flash, attention=attention)
 
 
 def main():
@@ -445,6 +510,7 @@ def main():
     print(f"num_steps:        {step}")
     print(f"num_params_M:     {num_params / 1e6:.1f}")
     print(f"depth:            {DEPTH}")
+    print(f"attention:        {model.attention}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU session's measurements, as recorded in docs/BENCHMARKS.md ("Training throughput: GPU").
-# Usage: bash bench/gpu_session.sh OUTDIR [CORPUS_MB] [WARM_BUDGET]
+# Usage: bash bench/gpu_session.sh OUTDIR [CORPUS_MB] [WARM_BUDGET]   (env: BUDGET, ATTENTION_BUDGET, BENCH_ARGS)
 # Needs: the project's Python dependencies of prepare.py and train.py (torch with CUDA, rustbpe,
 # tiktoken, pyarrow, numpy, requests, psutil). With no network, the corpus is the interpreter's own
 # installed Python sources (CORPUS_MB of them, default 100), prepared with `prepare.py --source`.
@@ -41,3 +41,14 @@ echo "prepare: $(( $(date +%s) - T0 )) s" | tee -a "$OUT/prepare.log"
 $PY bench/train_throughput.py --runs 2 --budget "$BUDGET" --warm-budget "$WARM" --work-root /tmp/arf-bench \
     --json "$OUT/train.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
 cp /tmp/arf-bench/bench/logs/*.log "$OUT/" 2>/dev/null || true
+# The attention paths without FlashAttention-3, on the same data and budget, in this one invocation:
+# masked SDPA (what auto runs offline) against FlexAttention. ATTENTION_BUDGET=0 skips it.
+ATT_BUDGET=${ATTENTION_BUDGET:-60}
+if [ "$ATT_BUDGET" != "0" ]; then
+    for ATT in sdpa flex; do
+        AUTORESEARCH_ATTENTION=$ATT AUTORESEARCH_TIME_BUDGET=$ATT_BUDGET $PY train.py > "$OUT/attention-$ATT.log" 2>&1
+        echo "== attention $ATT (exit $?, ${ATT_BUDGET} s):" | tee -a "$OUT/attention.txt"
+        grep -E "^(attention|val_bpb|training_seconds|peak_vram_mb|mfu_percent|total_tokens_M|num_steps):" \
+            "$OUT/attention-$ATT.log" | tee -a "$OUT/attention.txt"
+    done
+fi

@@ -89,6 +89,7 @@ def test_prepare_then_a_30s_train_learns_on_the_offline_default(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     summary = parse_summary(out.stdout)
     assert summary is not None and list(summary)[: len(SUMMARY_KEYS)] == list(SUMMARY_KEYS)
+    assert summary["attention"] == "sdpa" and "attention: sdpa (no GPU)" in out.stdout.splitlines()
     assert 30.0 <= summary["training_seconds"] < 40.0
     bpb = summary["val_bpb"]
     before = untrained_bpb(d, env)
