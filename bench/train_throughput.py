@@ -6,7 +6,8 @@ network namespace, frozen-file check, the compile caches kept under the worker's
 Redis or git: this measures one worker, so it also runs where those are not installed. The
 compile caches start empty, so run 1 is a cold start and the later runs are warm ones (with
 ``--view alternate``, runs with and without the view take turns, each kind in a worker of its own
-whose first run is cold).
+whose first run is cold). ``--second-worker`` ends with one run in another worker of the same node,
+whose first experiment should start warm from the node's shared compile cache.
 
 Per run it reports, from the summary block and from the time each log line appeared:
   val_bpb, training_seconds, tokens/s (median of the second half of the step lines), MFU,
@@ -20,7 +21,7 @@ Per run it reports, from the summary block and from the time each log line appea
 Prepare the data first (``python prepare.py``). Examples:
   python bench/train_throughput.py --quick              # CPU: two 10 s runs
   python bench/train_throughput.py --quick --runs 9 --view alternate   # CPU: tok/s with the view / without
-  python bench/train_throughput.py --runs 2 --budget 300 --warm-budget 60 --json out.json   # GPU
+  python bench/train_throughput.py --runs 2 --budget 300 --warm-budget 60 --second-worker --json out.json  # GPU
 """
 
 from __future__ import annotations
@@ -159,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--view", choices=("on", "off", "alternate"), default="on",
                     help="the sandbox's private filesystem view (train: always on); alternate: warm runs take turns "
                          "without and with it, and the tok/s ratio with/without is printed")
+    ap.add_argument("--second-worker", action="store_true",
+                    help="end with one run in a second worker of this node (the shared compile cache: it should "
+                         "start warm)")
     ap.add_argument("--json", default=None, help="write the rows and the machine here")
     ap.add_argument("--quick", action="store_true", help="10 s runs (CPU-sized), two unless --runs says")
     args = ap.parse_args(argv)
@@ -168,9 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     warm_budget = args.warm_budget if args.warm_budget is not None else args.budget
 
     root = Path(args.work_root or tempfile.mkdtemp(prefix="arf-train-bench-"))
-    for name in ("bench", "bench-plain"):  # each worker's first run must be a cold start
-        for cache in ("inductor-cache", "triton-cache"):
-            shutil.rmtree(root / name / cache, ignore_errors=True)
+    for where in (root, root / "plain"):  # the first run must be a cold start (the node's compile cache)
+        shutil.rmtree(where / "compile-cache", ignore_errors=True)
     settings = WorkerSettings(
         name="bench", work_root=str(root), command=["python", "train.py"], prepare_command=[],
         budget=args.budget, grace=args.grace, cache_dir="", isolate_network=not args.no_netns,
@@ -178,23 +181,26 @@ def main(argv: list[str] | None = None) -> int:
         trusted_eval=not args.no_trusted_eval, view=args.view != "off",
     )
     worker = Worker(settings)
-    # without the view, a worker of its own: a view's runs own their worker's directories (uid 65534),
-    # which a run without the view (root only inside its user namespace) cannot write
-    plain = Worker(dataclasses.replace(settings, name="bench-plain", view=False)) if args.view == "alternate" else worker
+    # without the view, a node of its own: a view's runs own the node's compile cache and their worker's
+    # directories (uid 65534), which a run without the view (root only inside its user namespace) cannot write
+    plain = (Worker(dataclasses.replace(settings, name="bench-plain", work_root=str(root / "plain"), view=False))
+             if args.view == "alternate" else worker)
     started: set[str] = set()
     files = {name: (REPO / name).read_bytes() for name in ("train.py", "prepare.py")}
     report: dict[str, Any] = {"machine": machine(), "accelerator": worker.accelerator, "rows": []}
     print(f"machine: {report['machine']}", flush=True)
-    for i in range(1, args.runs + 1):
+    second = Worker(dataclasses.replace(settings, name="bench-2")) if args.second_worker else None
+    for i in range(1, args.runs + 1 + bool(second)):
         viewed = args.view == "on" or (args.view == "alternate" and i % 2 == 1)
-        who = worker if viewed else plain
-        cold = who.name not in started
+        who = second if second is not None and i > args.runs else worker if viewed else plain
+        cold = who.name not in started and who is not second  # the second worker: the node's cache is warm
         started.add(who.name)
         budget = args.budget if cold else warm_budget
-        print(f"run {i}/{args.runs}: budget {budget:g} s{' (cold)' if cold else ''}, view "
-              f"{'on' if viewed else 'off'} ...", flush=True)
+        print(f"run {i}/{args.runs + bool(second)}: budget {budget:g} s{' (cold)' if cold else ''}, view "
+              f"{'on' if viewed else 'off'}{', a second worker' if who is second else ''} ...", flush=True)
         row = measure(who, files, i, budget, cold)
         row["view"] = viewed
+        row["worker"] = who.name
         report["rows"].append(row)
         print(json.dumps(row), flush=True)
         if args.json:
@@ -207,12 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     ratio = view_ratio(report["rows"])
     if ratio:
         print(ratio)
+    if second is not None:
+        first, last = report["rows"][0], report["rows"][-1]
+        print(f"second worker: its first run's start-up {last['startup_seconds']} s; the node's first run's "
+              f"{first['startup_seconds']} s (cold)")
     return 0
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    cols = ["run", "view", "cache", "budget", "val_bpb", "training_seconds", "startup_seconds", "eval_seconds",
-            "overhead_seconds", "overhead_fraction", "tok_per_s", "mfu_percent", "peak_vram_mb"]
+    cols = ["run", "worker", "view", "cache", "budget", "val_bpb", "training_seconds", "startup_seconds",
+            "eval_seconds", "overhead_seconds", "overhead_fraction", "tok_per_s", "mfu_percent", "peak_vram_mb"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join("" if r.get(c) is None else f"{r[c]:,.4g}" if isinstance(r[c], float)

@@ -4,7 +4,8 @@ This is a plain class; `cluster/actors/placement.py` turns it into a Ray actor p
 sets CUDA_VISIBLE_DEVICES for it) or to some CPUs. It never talks to Redis or git: the controller
 hands it a job and the candidate's files and gets a result back, so a worker on any node of the
 cluster needs nothing but Ray. Caches stay warm between runs (the prepared data in the cache
-dir, the torch compile cache under the worker's root) so start-up overhead stays small.
+dir; the torch compile caches in ``<work_root>/compile-cache``, shared by the workers of a node, so
+only a node's first experiment compiles cold) so start-up overhead stays small.
 """
 
 from __future__ import annotations
@@ -145,6 +146,9 @@ class Worker:
         self.settings = settings
         self.name = settings.name
         self.root = Path(settings.work_root).expanduser() / self.name
+        # inductor and triton write their caches atomically (a temporary file renamed into place), so
+        # the workers of one node share them: only a node's first experiment pays the cold compile
+        self.compile_cache = Path(settings.work_root).expanduser() / "compile-cache"
         self.root.mkdir(parents=True, exist_ok=True)
         self.orphans_killed = reap_orphans(self.root)
         self._cancel = threading.Event()
@@ -188,9 +192,9 @@ class Worker:
         env.update(s.env or {})
         if s.cache_dir:
             env["AUTORESEARCH_CACHE"] = str(Path(s.cache_dir).expanduser())
-        # compile caches survive between runs of this worker (warm start-up)
-        env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.root / "inductor-cache"))
-        env.setdefault("TRITON_CACHE_DIR", str(self.root / "triton-cache"))
+        # compile caches survive between runs, shared by the node's workers (warm start-up)
+        env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.compile_cache / "inductor"))
+        env.setdefault("TRITON_CACHE_DIR", str(self.compile_cache / "triton"))
         if s.device:
             env["AUTORESEARCH_DEVICE"] = s.device
         if s.cpu_threads:
@@ -278,7 +282,7 @@ class Worker:
         and train.visible read-only."""
         if not self.settings.view:
             return None
-        caches = [self.root / "inductor-cache", self.root / "triton-cache"]
+        caches = [self.compile_cache / "inductor", self.compile_cache / "triton"]
         for c in caches:
             c.mkdir(parents=True, exist_ok=True)
         extra = [Path(p).expanduser() for p in self.settings.visible]

@@ -38,9 +38,9 @@ def test_steady_rate_is_the_median_of_the_second_half():
 
 
 def test_rows_and_headline_report_overhead_against_the_budget():
-    rows = [{"run": 1, "view": True, "cache": "cold", "budget": 300.0, "val_bpb": 0.7781, "overhead_seconds": 47.48,
-             "overhead_fraction": 0.1583, "tok_per_s": 1169685.0}]
-    assert "| 1 | True | cold | 300 | 0.7781 |" in tt.format_rows(rows)
+    rows = [{"run": 1, "worker": "bench", "view": True, "cache": "cold", "budget": 300.0, "val_bpb": 0.7781,
+             "overhead_seconds": 47.48, "overhead_fraction": 0.1583, "tok_per_s": 1169685.0}]
+    assert "| 1 | bench | True | cold | 300 | 0.7781 |" in tt.format_rows(rows)
     assert tt.headline(rows) == ("headline: cold run: overhead 47.5 s around a 300 s budget (15.8 %), "
                                  "val_bpb 0.7781")
 
