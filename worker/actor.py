@@ -276,7 +276,7 @@ class Worker:
         return sorted(cache.glob("tokenized/*/val*")) + [p for p in [cache / "data"] if p.is_dir()]
 
     def _view(self, writable: Sequence[Path], readable: Sequence[Path] = ()) -> View | None:
-        """What a run may see of this node (None: no view asked for): ``writable`` and the worker's
+        """What a run may see of this node (None: no view asked for): ``writable`` and the node's
         compile caches read-write; the data cache, the hub cache (the kernels the prepare step
         fetched; not the rest of ``~/.cache/huggingface``, which holds the hub token), ``readable``
         and train.visible read-only."""
