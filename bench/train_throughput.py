@@ -190,13 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"machine": machine(), "accelerator": worker.accelerator, "rows": []}
     print(f"machine: {report['machine']}", flush=True)
     second = Worker(dataclasses.replace(settings, name="bench-2")) if args.second_worker else None
-    for i in range(1, args.runs + 1 + bool(second)):
+    total = args.runs + bool(second)
+    for i in range(1, total + 1):
         viewed = args.view == "on" or (args.view == "alternate" and i % 2 == 1)
         who = second if second is not None and i > args.runs else worker if viewed else plain
         cold = who.name not in started and who is not second  # the second worker: the node's cache is warm
         started.add(who.name)
         budget = args.budget if cold else warm_budget
-        print(f"run {i}/{args.runs + bool(second)}: budget {budget:g} s{' (cold)' if cold else ''}, view "
+        print(f"run {i}/{total}: budget {budget:g} s{' (cold)' if cold else ''}, view "
               f"{'on' if viewed else 'off'}{', a second worker' if who is second else ''} ...", flush=True)
         row = measure(who, files, i, budget, cold)
         row["view"] = viewed

@@ -10,9 +10,9 @@ sandbox's `unprivileged` layer cannot be had there (docs/TRUST.md).
 import os
 import sys
 
-from worker.sandbox.view import _outer_uid
+from worker.sandbox.view import outer_uid
 
 if __name__ == "__main__":
-    flags = "-n" if os.geteuid() == 0 and _outer_uid(0) == 0 else "-rn"
+    flags = "-n" if os.geteuid() == 0 and outer_uid(0) == 0 else "-rn"
     script = 'ip link set lo up && exec "$0" -m pytest "$@"'
     os.execvp("unshare", ["unshare", flags, "sh", "-c", script, sys.executable, *sys.argv[1:]])

@@ -130,7 +130,7 @@ def interpreter_paths() -> list[Path]:
     return sorted({Path(os.path.realpath(p)) for p in paths if p and os.path.isdir(p)})
 
 
-def _outer_uid(euid: int) -> int | None:
+def outer_uid(euid: int) -> int | None:
     """The host-side uid of ``euid`` in this user namespace (None: unmapped or unknown)."""
     try:
         lines = Path("/proc/self/uid_map").read_text().split("\n")
@@ -376,7 +376,7 @@ def view_support() -> Support:
                and not os.path.exists(f"/sbin/{t}")]
     if missing:
         return Support(False, None, why=f"no {', '.join(missing)} here")
-    if _is_root() and _outer_uid(0) == 0:  # root of the host (or of a namespace that maps only root)
+    if _is_root() and outer_uid(0) == 0:  # root of the host (or of a namespace that maps only root)
         identity = "setpriv" if (shutil.which("setpriv") and _mapped(RUN_UID) and _mapped(RUN_UID, "gid")) else None
     else:
         identity = "user"
