@@ -11,11 +11,12 @@
     autoresearch-farm status  [--tag TAG] [--json]
     autoresearch-farm results [--tag TAG] [--format tsv|csv|json]
     autoresearch-farm plot    [--tag TAG] [--out progress.png]
+    autoresearch-farm dashboard [--tag TAG] [--port 8050] [--host ADDR [--access-token T]]
 
-status, results, plot and submit take `--address [URL]` to reach a run on a Ray cluster; with it (and
+status, results, plot, dashboard and submit take `--address [URL]` to reach a run on a Ray cluster; with it (and
 with pull), `--home DIR` names the farm's home on the head (default ~/autoresearch-farm). The work is
 done elsewhere: cluster/launch.py (run), cluster/remote/client.py (a cluster), cluster/report/ (status,
-results, plot).
+results, plot, dashboard).
 """
 
 from __future__ import annotations
@@ -128,6 +129,24 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--format", choices=("tsv", "csv", "json"), default="tsv",
                          help="tsv: autoresearch's results.tsv; csv/json: every measurement in full")
     _cluster(results, optional=True)
+
+    dash = sub.add_parser("dashboard", help="serve a live web page of a run (http://127.0.0.1:8050/)", description=(
+        "A local web server with the run (progress chart, main line, noise floor, rates and costs), the workers "
+        "(what each runs, elapsed against the budget, the queue) and each candidate (diff, measurements, the "
+        "judge's decisions, loss curve, log tail) at /c/<id>, updated live. It reads the same records as status "
+        "and results: the run's store here, or with --address the run on a Ray cluster. Ctrl-C stops it."))
+    _common(dash)
+    dash.add_argument("--port", type=int, default=8050, help="the port to listen on (default: 8050; 0: any free one)")
+    dash.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1, this "
+                      "machine only); any other needs the access token")
+    dash.add_argument("--access-token", default=os.environ.get("AUTORESEARCH_FARM_DASHBOARD_TOKEN"),
+                      help="the token every request needs when --host is not loopback (default: "
+                      "AUTORESEARCH_FARM_DASHBOARD_TOKEN, else one made at start and printed in the URL)")
+    dash.add_argument("--interval", type=float, help="seconds between reads of the run (default: 2; with --address: "
+                      "15, each read there is a short Ray job)")
+    dash.add_argument("--snapshot", action="store_true", help="print the run's page data as JSON once, and exit")
+    dash.add_argument("--candidate", metavar="ID", help="with --snapshot: one candidate's page data")
+    _cluster(dash, optional=True)
     return parser
 
 
@@ -344,6 +363,38 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import secrets
+
+    from cluster.report import web
+    from cluster.report.sources import LocalSource, RemoteSource
+
+    if args.candidate and not args.snapshot:
+        raise FarmError("--candidate goes with --snapshot; the dashboard shows each candidate at /c/<id>")
+    remote = args.address is not None
+    source = (RemoteSource(args.address or None, args.repo or ".", args.tag, token=args.token, head_home=args.home)
+              if remote else LocalSource(load_config(args)))
+    try:
+        first = source.candidate(args.candidate) if args.candidate else source.run()  # a bad tag or address: here
+        if args.snapshot:
+            print(json.dumps(first, default=str))
+            return 0
+        token = args.access_token or (None if web.is_loopback(args.host) else secrets.token_urlsafe(18))
+        dash = web.Dashboard(source.run, source.candidate, interval=args.interval or (15.0 if remote else 2.0),
+                             token=token)
+        server = web.make_server(dash, args.host, args.port)
+        _say(f"dashboard of run {first['tag']}: {server.url()} (Ctrl-C stops it)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+    finally:
+        source.close()
+    return 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from cluster.remote import client as remote
 
@@ -383,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     handler = {"run": cmd_run, "check": cmd_check, "submit": lambda a: cmd_submit(a, rest), "status": cmd_status,
                "results": cmd_results, "plot": cmd_plot, "logs": cmd_logs, "stop": cmd_stop,
-               "pull": cmd_pull}[args.command]
+               "pull": cmd_pull, "dashboard": cmd_dashboard}[args.command]
     t0 = time.time()
     try:
         return handler(args)

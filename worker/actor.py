@@ -156,7 +156,7 @@ class Worker:
         self._layout: dict[str, Any] = {}  # an upstream harness's paths (_describe)
         self._gpu_ids = self._visible_gpus()
         self.accelerator = accelerator_name(self._gpu_ids)
-        self._live: tuple[str, CurveFollower] | None = None  # the run in progress: its job and its curve so far
+        self._live: tuple[str, CurveFollower, float] | None = None  # the run in progress: its job, its curve so far, its start
 
     @staticmethod
     def _visible_gpus() -> list[str]:
@@ -175,7 +175,8 @@ class Worker:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "accelerator": self.accelerator,
             **self._containment(),
-            **({"curve": {"job": live[0], "points": live[1].curve(LIVE_CURVE_POINTS)}} if (live := self._live) else {}),
+            **({"curve": {"job": live[0], "since": live[2], "points": live[1].curve(LIVE_CURVE_POINTS)}}
+               if (live := self._live) else {}),
         }
 
     def _containment(self) -> dict[str, Any]:
@@ -420,7 +421,7 @@ class Worker:
                 for stale in host.handoff_files(weights):
                     stale.unlink(missing_ok=True)
                 env[HANDOFF_ENV] = str(weights)
-            self._live = (job["id"], CurveFollower(float(s.budget)))  # info() (the heartbeat) shows it as it grows
+            self._live = (job["id"], CurveFollower(float(s.budget)), time.time())  # info() (the heartbeat) shows it
             try:
                 outcome = run_training(
                     self._command(s.command, launcher / host.LAUNCHER if launcher else None), run_dir,

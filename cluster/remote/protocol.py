@@ -28,7 +28,8 @@ REDIS_PORT = 6390  # not 6379: that is Ray's GCS port on the head
 SUBMIT_DIR = ".farm-submit"  # the shipped working_dir's folder for the bundle and the shipped files
 BEGIN, END = "----- autoresearch-farm payload begin -----", "----- autoresearch-farm payload end -----"
 META = "autoresearch_farm"  # metadata key prefix of the farm's jobs
-QUERY_COMMANDS = ("status", "results", "submit")  # what `remote_cli` may run on the head (submit: a patch or idea)
+# what `remote_cli` may run on the head (submit: a patch or idea; dashboard: only its --snapshot)
+QUERY_COMMANDS = ("status", "results", "submit", "dashboard")
 
 
 def git(repo: Path | str, *args: str, check: bool = True) -> str:

@@ -27,7 +27,11 @@ def _row_status(cand: Candidate, ok: list[Result]) -> str:
     return "discard"
 
 
-def tsv_rows(store: Store) -> list[dict[str, Any]]:
+def finished(store: Store) -> list[dict[str, Any]]:
+    """Every candidate with a final state and a result, in the order they finished, the baseline first:
+    cand, origin, commit (full), base, val_bpb (the mean of its ok runs; None for a crash), memory_gb, runs,
+    status (keep / discard / crash), state, description, finished_at. results.tsv and the dashboard's
+    progress chart are this list."""
     results = store.results()
     finished_at: dict[str, float] = {}
     for r in results:
@@ -42,12 +46,19 @@ def tsv_rows(store: Store) -> list[dict[str, Any]]:
         ok = [r for r in mine if r.status == RunStatus.OK.value and r.val_bpb is not None]
         if c.state not in (State.MERGED.value, State.DISCARDED.value, State.STALE.value, State.FAILED.value):
             continue  # still being judged or measured: not a row yet
-        status = _row_status(c, ok)
-        bpb = sum(r.val_bpb for r in ok) / len(ok) if ok else 0.0
-        mem = max((r.peak_vram_mb or 0.0) for r in ok) / 1024 if ok else 0.0
-        rows.append({"commit": c.commit[:7], "val_bpb": f"{bpb:.6f}", "memory_gb": f"{mem:.1f}", "status": status,
-                     "description": c.description.replace("\t", " ").replace("\n", " ")})
+        rows.append({"cand": c.id, "origin": c.origin, "commit": c.commit, "base": c.base,
+                     "val_bpb": sum(r.val_bpb for r in ok) / len(ok) if ok else None,
+                     "memory_gb": max((r.peak_vram_mb or 0.0) for r in ok) / 1024 if ok else 0.0, "runs": len(mine),
+                     "status": _row_status(c, ok), "state": c.state, "description": c.description,
+                     "finished_at": finished_at[c.id]})
     return rows
+
+
+def tsv_rows(store: Store) -> list[dict[str, Any]]:
+    """results.tsv's rows (strings): crashes as 0.000000 and 0.0, descriptions on one line."""
+    return [{"commit": f["commit"][:7], "val_bpb": f"{f['val_bpb'] or 0.0:.6f}", "memory_gb": f"{f['memory_gb']:.1f}",
+             "status": f["status"], "description": f["description"].replace("\t", " ").replace("\n", " ")}
+            for f in finished(store)]
 
 
 def to_tsv(store: Store) -> str:

@@ -135,6 +135,7 @@ def test_the_worker_records_the_curve_and_shows_it_while_the_run_goes_on(tmp_pat
     t.start()
     try:
         job = {"id": "j000009", "cand": "c0003", "commit": "abc", "attempt": 1, "purpose": "measure"}
+        t0 = time.time()
         out = w.run(job, {"train.py": STEPPING.encode(), "prepare.py": b""}, harness_digest="d")
     finally:
         stop.set()
@@ -144,5 +145,6 @@ def test_the_worker_records_the_curve_and_shows_it_while_the_run_goes_on(tmp_pat
     assert r.loss_curve[0] == [0.0, pytest.approx(5.9)]
     assert r.loss_curve[-1] == [pytest.approx(float(f"{19 * 0.05:.1f}")), pytest.approx(4.0)]
     assert seen and all(c["job"] == "j000009" for c in seen)
+    assert all(t0 <= c["since"] <= time.time() for c in seen), "when the run started: the dashboard's elapsed time"
     assert any(len(c["points"]) < 20 for c in seen), "the curve so far, before the run ended"
     assert "curve" not in w.info(), "gone with the run"
