@@ -2,7 +2,7 @@
 
     python -m cluster.head head-redis          start (or keep) the farm's durable Redis (head_start_ray_commands)
     python -m cluster.head run ...             a submitted run: fetch the shipped commit, run the farm on it
-    python -m cluster.head query ... -- ARGS   `status`, `results` or `submit` against a run, for `remote_cli`
+    python -m cluster.head query ... -- ARGS   `status`, `results`, `submit` or `dashboard --snapshot` against a run
     python -m cluster.head bundle ...          the run's branches as a git bundle, for `pull`
 
 Everything durable lives under the head's home, `--home` of every command (default
@@ -174,6 +174,9 @@ def _emit(payload: dict[str, Any]) -> None:
 def _cluster_query(ns: argparse.Namespace) -> dict[str, Any]:
     if not ns.args or ns.args[0] not in QUERY_COMMANDS:
         raise FarmError(f"query runs only {', '.join(QUERY_COMMANDS)}")
+    if ns.args[0] == "dashboard" and "--snapshot" not in ns.args:  # a server would outlive the look's job
+        raise FarmError("on the cluster the dashboard only answers --snapshot; run `autoresearch-farm dashboard "
+                        "--address ...` here, or start one on the head and forward its port")
     home = head_home(ns.home)
     tag, worktree = _pick_run(home, ns.repo_id, ns.tag)
     from cluster.cli import main as cli_main

@@ -182,3 +182,12 @@ def test_beyond_loopback_only_with_a_token(store, serve):
         cookie = r.headers["Set-Cookie"].split(";")[0]
     with urllib.request.urlopen(urllib.request.Request(url + "/api/run", headers={"Cookie": cookie}), timeout=10) as r:
         assert r.status == 200, "the cookie carries the token to the page's own requests (its live stream)"
+
+
+def test_on_a_clusters_head_the_dashboard_only_answers_snapshots(tmp_path, capsys):
+    """A look at a cluster run is a short Ray job on the head: a dashboard server there would never end it."""
+    from cluster import head
+    from cluster.remote.protocol import parse_payload
+
+    assert head.main(["query", "--repo-id", "abc", "--tag", "t", "--home", str(tmp_path), "--", "dashboard"]) == 2
+    assert "only answers --snapshot" in parse_payload(capsys.readouterr().out)["error"]
