@@ -35,7 +35,8 @@ def budget(meta: dict[str, Any]) -> float | None:
 
 def lineage(rows: list[dict[str, Any]], status: dict[str, Any], store: Store) -> list[dict[str, Any]]:
     """The main line, merge by merge: each merged candidate in the order it merged, its main-line value
-    (its own line runs, as `status` reports it), the gain over the line before it and over the baseline,
+    (its own line runs, as `status` reports it; until it has them, its runs as a candidate, with
+    ``line`` False), the gain over the line before it and over the baseline,
     how many runs it took, and the judge's reason."""
     values = {m["cand"]: m["val_bpb"] for m in status["merged"]}
     by_id = {r["cand"]: r for r in rows}
@@ -43,10 +44,12 @@ def lineage(rows: list[dict[str, Any]], status: dict[str, Any], store: Store) ->
     merged.sort(key=lambda c: (c.decision or {}).get("at", 0.0))
     out, before, base = [], status["baseline_bpb"], status["baseline_bpb"]
     for c in merged:
-        value = values[c.id]
+        value, line = values[c.id], values[c.id] is not None
+        if not line:  # its own line runs are still to come (or the run ended first): its runs as a candidate
+            value = (by_id.get(c.id) or {}).get("val_bpb")
         gain = before - value if before is not None and value is not None else None
         out.append({"cand": c.id, "commit": c.commit, "description": c.description, "origin": c.origin,
-                    "val_bpb": value, "gain": gain,
+                    "val_bpb": value, "line": line, "gain": gain,
                     "cumulative": base - value if base is not None and value is not None else None,
                     "runs": (by_id.get(c.id) or {}).get("runs", 0), "reason": (c.decision or {}).get("reason", ""),
                     "members": c.meta.get("combination") or []})

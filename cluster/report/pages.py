@@ -97,6 +97,18 @@ def _per(cost: dict[str, Any], what: str) -> str:
     return f"{c['gpu_hours']:.3f} GPU-h, {cost['worker_hours'] / n:.3f} worker-h, ${c['usd']:.2f}"
 
 
+def _best(s: dict[str, Any], lineage: list[dict[str, Any]]) -> str:
+    """The main line's value (its own runs), else its last merge's runs as a candidate, against the baseline."""
+    best, note = s["best_bpb"], ""
+    if best is None and lineage and lineage[-1]["val_bpb"] is not None:
+        best, note = lineage[-1]["val_bpb"], " (measured as a candidate; the main line's own runs are to come)"
+    if best is None:
+        return "-"
+    base = s["baseline_bpb"]
+    vs = f" ({best - base:+.6f} vs the baseline {base:.6f})" if base is not None else ""
+    return f'<span id="best">{best:.6f}</span> at <code>{escape((s["main"] or "")[:8])}</code>{vs}{escape(note)}'
+
+
 def run_regions(v: dict[str, Any]) -> dict[str, str]:
     s, r = v["status"], v["rates"]
     cost = s["cost"]
@@ -104,15 +116,12 @@ def run_regions(v: dict[str, Any]) -> dict[str, str]:
     floors = [f"{a['sigma']:.4f} bpb on {escape(acc)} ({a['runs']} runs of {a['commits']} main-line commit{'s' if a['commits'] != 1 else ''})"
               for acc, a in sorted((noise.get("by_accelerator") or {}).items())]
     n_exp = len(v["experiments"])
-    gain = (s["baseline_bpb"] - s["best_bpb"]) if s["baseline_bpb"] is not None and s["best_bpb"] is not None else None
     why = s.get("why_ended")
     error = (s.get("proposer") or {}).get("last_error")
     kv = [("status", f'<span id="run-status">{escape(str(s["status"]))}</span>' + (f" ({escape(str(why))})" if why else "")),
           ("experiments", f'<span id="n-experiments">{n_exp}</span> finished, {s["measurements"]} measurements, '
                           f'{s["queued"]} jobs queued'),
-          ("best val_bpb", f'{_f(s["best_bpb"])} at {escape((s["main"] or "")[:8])}'
-                           + (f" ({s['best_bpb'] - s['baseline_bpb']:+.6f} vs the baseline {s['baseline_bpb']:.6f})"
-                              if gain is not None else "")),
+          ("best val_bpb", _best(s, v["lineage"])),
           ("merged", f'<span id="n-merged">{len(v["lineage"])}</span> improvements'),
           ("experiments per hour", _f(r["experiments_per_hour"], ".1f")),
           ("workers busy", f'{r["workers_busy"]} of {r["workers"]}'),
@@ -128,9 +137,11 @@ def run_regions(v: dict[str, Any]) -> dict[str, str]:
                      [[str(i), f"<code>{escape(m['commit'][:8])}</code>", _cand(m["cand"]),
                        escape(m["description"]) + (f" (combines {', '.join(map(_cand, m['members']))})"
                                                    if m["members"] else ""),
-                       _f(m["val_bpb"]), _f(m["gain"], "+.6f"), _f(m["cumulative"], "+.6f"), str(m["runs"]),
+                       _f(m["val_bpb"]) + ("" if m["line"] else " *"), _f(m["gain"], "+.6f"), _f(m["cumulative"], "+.6f"), str(m["runs"]),
                        escape(m["reason"])] for i, m in enumerate(v["lineage"], 1)],
                      num={0, 4, 5, 6, 7}, empty="Nothing merged yet: the main line is the baseline.")
+    if any(not m["line"] for m in v["lineage"]):
+        lineage += '<p class="empty">* measured as a candidate: the main line\'s own runs of it are to come</p>'
     recent = v["experiments"][::-1][:200]
     table = _table(["candidate", "origin", "status", "val_bpb", "runs", "change"],
                    [[_cand(e["cand"]), escape(e["origin"]), f'<span class="{e["status"]}">{e["status"]}</span>',
@@ -146,7 +157,9 @@ def run_regions(v: dict[str, Any]) -> dict[str, str]:
 def _elapsed(w: dict[str, Any], budget: float | None) -> str:
     if not w["job"]:
         return '<span class="empty">idle</span>'
-    frac = w["progress"] or 0.0
+    frac = w["progress"]  # through the training budget, from its loss curve; else the wall time so far
+    if frac is None:
+        frac = min(1.0, w["elapsed_s"] / budget) if w["elapsed_s"] is not None and budget else 0.0
     el = f"{w['elapsed_s']:.0f} s" if w["elapsed_s"] is not None else "starting"
     of = f" of {budget:g} s budget" if budget else ""
     return (f'<span class="bar" title="{frac:.0%} of the training budget"><i style="width:{min(frac, 1) * 100:.1f}%">'

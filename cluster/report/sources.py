@@ -8,6 +8,7 @@ server (cluster/report/web.py) and the pages never know which one they have.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from contextlib import ExitStack
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 from cluster.config import FarmConfig
 from cluster.errors import FarmError
 from cluster.report.dashboard import candidate_view, run_view
+
+log = logging.getLogger(__name__)
 
 
 class LocalSource:
@@ -62,7 +65,10 @@ class LocalSource:
     def close(self) -> None:
         stack, self.stack, self.ctx = self.stack, None, None
         if stack is not None:
-            stack.close()
+            try:
+                stack.close()
+            except Exception:  # the server it had is gone already (the run's process stopped it): nothing to stop
+                log.debug("closing the dashboard's store", exc_info=True)
 
 
 class RemoteSource:

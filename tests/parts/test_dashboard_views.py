@@ -1,7 +1,7 @@
 """The dashboard's parts on a real Redis and a real HTTP server: the views built from a run's records
 (lineage gains, a running worker's elapsed time and progress, the queue, a candidate's decisions),
 and the server's behaviour where the run cannot be read, where a candidate is unknown, and what its
-live stream sends. The whole thing, with a real farm and a real browser: tests/farm/test_dashboard.py."""
+live stream sends. The whole thing, with a real farm and a real browser: tests/farm/test_dashboard.py (the whole)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from cluster.errors import FarmError
 from cluster.records import Candidate, Job, Purpose, Result, State
-from cluster.report import web
+from cluster.report import pages, web
 from cluster.report.dashboard import candidate_view, run_view
 from cluster.store import Store
 
@@ -87,7 +87,11 @@ def test_the_views_read_the_records(store):
     cv = candidate_view(store, Repo(), "c0001")
     assert cv["diff"].endswith("+x m1\n") and [e["kind"] for e in cv["events"]] == ["decision"]
     assert [r["purpose"] for r in cv["results"]] == ["measure", "baseline"] and cv["line"]
-    assert candidate_view(store, Repo(), "c0004")["live"][0]["points"] == [[0.1, 4.0], [0.25, 3.5]]
+    live = candidate_view(store, Repo(), "c0004")
+    assert live["live"][0]["points"] == [[0.1, 4.0], [0.25, 3.5]]
+    assert 'data-series="1"' in pages.candidate_regions(live)["curve"], "the running job's curve so far"
+    assert 'data-series="2"' in pages.candidate_regions(cv)["curve"], "one curve per measurement"
+    assert "<span class=\"add\">+x m1</span>" in pages.candidate_regions(cv)["diff"]
     with pytest.raises(FarmError, match="no candidate 'c0099' in run d1"):
         candidate_view(store, Repo(), "c0099")
 
