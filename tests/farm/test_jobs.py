@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from redis.retry import Retry
 from cluster import head
 from cluster.remote import client as jobs
 from cluster.errors import FarmError
+from cluster.remote.protocol import REDIS_PORT, parse_payload
 from tests.farmkit import SCRIPTED_CONFIG, free_port, git, make_repo, shutdown_redis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,6 +177,82 @@ def test_head_redis_is_durable_and_password_protected(head_home):
     assert head.head_redis(home, port=port) == url  # idempotent: finds it running
 
 
+def test_two_jobs_starting_the_head_redis_at_once_end_with_one(tmp_path):
+    home, port = tmp_path / "farm-home", free_port()
+    urls: list[str] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            urls.append(head.head_redis(home, port=port))
+        except BaseException as e:  # noqa: BLE001 (the test reports it)
+            errors.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    try:
+        assert not errors and len(urls) == 3 and len(set(urls)) == 1, (errors, urls)
+        r = redis.Redis.from_url(urls[0])
+        assert r.ping() and r.info("server")["process_id"] == int((home / "redis" / "redis.pid").read_text())
+        r.close()
+    finally:
+        if urls:
+            shutdown_redis(urls[0])
+
+
+def test_a_look_at_a_head_without_redis_says_what_is_missing(tmp_path, capsys):
+    (tmp_path / "repos" / "abc.runs" / "t").mkdir(parents=True)
+    assert head.main(["query", "--repo-id", "abc", "--tag", "t", "--home", str(tmp_path), "--", "status"]) == 2
+    error = parse_payload(capsys.readouterr().out)["error"]
+    assert "no farm Redis on this head" in error and "the first `submit` starts it" in error
+    assert not (tmp_path / "redis").exists(), "a look starts nothing"
+
+
+@pytest.mark.slow
+def test_submit_to_a_plain_ray_head_starts_the_farm_redis_itself(address, tmp_path):
+    """A cluster not started from ray_cluster.yaml (here `ray start --head`, as KubeRay or an existing cluster):
+    no head Redis was started by hand; the run's job starts it, runs to the end, and pull brings it home."""
+    home = tmp_path / "plain-home"
+    repo = make_repo(tmp_path / "target")
+    (repo / "farm.toml").write_text(FARM_TOML)
+    git(repo, "add", "farm.toml")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "farm config")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=repo, capture_output=True, text=True,
+                              timeout=300)
+
+    try:
+        sub = cli("submit", "--address", address, "--home", str(home), "--config", "farm.toml", "--max-experiments",
+                  "2", "--tag", "P")
+        assert sub.returncode == 0, sub.stdout + sub.stderr
+        logs = cli("logs", "P", "--address", address)
+        assert logs.returncode == 0 and "2 experiments done" in logs.stdout, logs.stdout + logs.stderr
+        assert "this head had no farm Redis: started one" in logs.stdout
+        status = json.loads(cli("status", "--address", address, "--home", str(home), "--tag", "P", "--json").stdout)
+        assert status["status"] == "done"
+        pulled = cli("pull", "--address", address, "--home", str(home), "--tag", "P")
+        assert pulled.returncode == 0, pulled.stderr
+        assert git(repo, "rev-parse", "autoresearch/P").strip() == status["main"]
+        snap = cli("dashboard", "--address", address, "--home", str(home), "--tag", "P", "--snapshot")
+        assert snap.returncode == 0, snap.stderr  # the dashboard reads a cluster run as status does
+        view = json.loads(snap.stdout)
+        tsv = cli("results", "--address", address, "--home", str(home), "--tag", "P").stdout.splitlines()
+        assert view["tag"] == "P" and len(view["experiments"]) == len(tsv) - 2  # (the header, the baseline)
+        r = redis.Redis.from_url((home / "redis" / "url").read_text().strip())
+        assert r.ping() and r.config_get("appendonly") == {"appendonly": "yes"}
+        r.close()
+        assert oct((home / "redis" / "url").stat().st_mode & 0o777) == "0o600"
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=REDIS_PORT, retry=Retry(NoBackoff(), 0)).ping()
+    finally:
+        if (home / "redis" / "url").exists():
+            shutdown_redis((home / "redis" / "url").read_text().strip())
+
+
 @pytest.mark.slow
 def test_submitted_run_comes_home_after_the_job_ended(address, head_home, tmp_path):
     home, _, _ = head_home
@@ -210,7 +288,8 @@ def test_submitted_run_comes_home_after_the_job_ended(address, head_home, tmp_pa
     with pytest.raises(FarmError, match="no run nope"):
         jobs.remote_cli(address, repo, ["status"], tag="nope", head_home=str(home))
     # the query and bundle jobs cleaned up after themselves: only the run is listed
-    assert [r["job_id"] for r in jobs.list_runs(address)] == [job_id]
+    assert [r["job_id"] for r in jobs.list_runs(address, "jt")] == [job_id]
+    assert not [j for j in jobs.client(address).list_jobs() if (j.metadata or {}).get("autoresearch_farm_kind") in ("query", "bundle")]
     assert subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout == ""
 
 
