@@ -189,6 +189,18 @@ exclude = ["SEED", "MODE", "SLEEP", "NOISE", "JITTER"]
 """
 
 
+def http_get(url: str) -> tuple[int, str]:
+    """A GET's status and body, an HTTP error's too."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,21 +14,19 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from tests.browser import Browser, chromium_path
-from tests.farmkit import FIXTURES, SCRIPTED_CONFIG, free_port, make_repo, set_constants
+from tests.farmkit import FIXTURES, SCRIPTED_CONFIG, free_port, http_get, make_repo, set_constants
 
 pytestmark = pytest.mark.slow
 
 # no seed noise and wins of 0.005+ bpb: the mutate proposer's BONUS steps merge within seconds
 LANDSCAPE = {"NOISE": "0.0", "JITTER": "0.00001", "BONUS": "0.01", "SLEEP": "1.0"}
-EXPERIMENTS = 30
+EXPERIMENTS = 24
 
 
 def cli(*args: str, cwd: Path, **kw) -> subprocess.Popen:
@@ -104,8 +102,10 @@ def test_the_dashboard_follows_a_run_live_in_a_real_browser(live):
         b.wait_for("document.querySelectorAll('#lineage tbody tr').length >= 1", timeout=120)
         assert b.navigations == opened, "the count grew and the merge appeared without a reload"
         cand = b.eval("document.querySelector('#lineage tbody tr a').textContent")
-        assert b.eval(f"!!document.querySelector('#progress-chart a[data-cand=\"{cand}\"][data-status=\"keep\"]')"), \
-            "the merged candidate is a kept point of the progress chart"
+        change = b.eval("document.querySelectorAll('#lineage tbody tr td')[3].textContent")
+        hover = b.eval(f"document.querySelector('#progress-chart a[data-cand=\"{cand}\"][data-status=\"keep\"] title')"
+                       ".textContent")
+        assert hover.startswith(f"{cand} keep ") and change.startswith(hover.split(": ", 1)[1]), (hover, change)
         b.wait_for("document.querySelector('#run-status').textContent === 'done'", timeout=240)  # the run ended
         n = int(b.text("#n-experiments"))
         if shots:
@@ -144,14 +144,6 @@ def test_bad_input_is_a_clear_error_not_a_traceback(live):
     assert wrong.returncode == 2 and "--snapshot" in wrong.stderr
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 def _reachable(host: str, port: int) -> bool:
     try:
         socket.create_connection((host, port), timeout=2).close()
@@ -169,10 +161,10 @@ def test_the_server_binds_only_where_it_was_told(live):
         assert "?token=" in url, url
         other = url.replace("0.0.0.0", "127.0.0.2")
         bare = other.split("?")[0]
-        code, body = _get(bare)
+        code, body = http_get(bare)
         assert code == 401 and "token" in body
-        assert _get(bare + "?token=wrong")[0] == 401
-        code, body = _get(other)
+        assert http_get(bare + "?token=wrong")[0] == 401
+        code, body = http_get(other)
         assert code == 200 and "<section id=\"lineage\">" in body
     finally:
         stop(wide)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.error
 import urllib.request
 
 import pytest
@@ -18,6 +17,7 @@ from cluster.records import Candidate, Job, Purpose, Result, State
 from cluster.report import pages, web
 from cluster.report.dashboard import candidate_view, run_view
 from cluster.store import Store
+from tests.farmkit import http_get
 
 
 @pytest.fixture
@@ -96,14 +96,6 @@ def test_the_views_read_the_records(store):
         candidate_view(store, Repo(), "c0099")
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 @pytest.fixture
 def serve():
     servers = []
@@ -142,19 +134,19 @@ def test_a_run_that_cannot_be_read_is_a_page_that_says_so_then_recovers(store, s
         return run_view(store)
 
     url = serve(web.Dashboard(run, lambda cid: candidate_view(store, None, cid), interval=0.2))
-    code, body = _get(url + "/")
+    code, body = http_get(url + "/")
     assert code == 503 and "The run cannot be read" in body and "Connection refused" in body
     assert "Traceback" not in body
     first = _events(url + "/events?page=run", 1)[0]
     assert "cannot read the run right now" in first["regions"]["banner"]
     down["now"] = False
     time.sleep(0.3)
-    code, body = _get(url + "/")
+    code, body = http_get(url + "/")
     assert code == 200 and '<span id="n-experiments">3</span>' in body
-    code, body = _get(url + "/c/c0042")
+    code, body = http_get(url + "/c/c0042")
     assert code == 404 and "no candidate &#x27;c0042&#x27; in run d1" in body
-    assert _get(url + "/nowhere")[0] == 404
-    assert json.loads(_get(url + "/api/run")[1])["tag"] == "d1"
+    assert http_get(url + "/nowhere")[0] == 404
+    assert json.loads(http_get(url + "/api/run")[1])["tag"] == "d1"
 
 
 def test_the_live_stream_sends_a_region_again_only_when_it_changed(store, serve):
@@ -180,7 +172,7 @@ def test_beyond_loopback_only_with_a_token(store, serve):
     with pytest.raises(FarmError, match="without an access token"):
         web.make_server(dash, "0.0.0.0", 0)
     url = serve(web.Dashboard(lambda: run_view(store), lambda cid: {}, token="s3cret"), host="0.0.0.0")
-    assert _get(url + "/")[0] == 401 and _get(url + "/api/run")[0] == 401
+    assert http_get(url + "/")[0] == 401 and http_get(url + "/api/run")[0] == 401
     req = urllib.request.Request(url + "/?token=s3cret")
     with urllib.request.urlopen(req, timeout=10) as r:
         cookie = r.headers["Set-Cookie"].split(";")[0]
