@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from contextlib import ExitStack
@@ -363,6 +364,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import secrets
 
@@ -384,6 +389,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
                              token=token)
         server = web.make_server(dash, args.host, args.port)
         _say(f"dashboard of run {first['tag']}: {server.url()} (Ctrl-C stops it)")
+        signal.signal(signal.SIGTERM, _interrupt)  # stopped as by Ctrl-C: the embedded Redis it opened is closed
         try:
             server.serve_forever()
         except KeyboardInterrupt:

@@ -52,14 +52,19 @@ def repo_farm_dir(repo: Path) -> Path:
 
 def _stop_if_idle(server: EmbeddedRedis, url: str, prefix: str) -> None:
     """Stop the embedded server unless a run in it is still marked running (another farm
-    process using the same repository). Its AOF keeps everything for `--resume`."""
+    process using the same repository) or another process is connected to it: a run starting
+    (not marked running yet), a dashboard, a `status` in another terminal. The last one out
+    stops it. Its AOF keeps everything for `--resume`."""
     r = connect(url, retry_seconds=2)
     try:
         busy = [t for t in Store.list_runs(r, prefix) if (Store(r, t, prefix).run_meta() or {}).get("status") == "running"]
+        others = len(r.client_list()) - 1  # (this connection is one)
     finally:
         r.close()
     if busy:
         log.info("leaving the embedded Redis running: run(s) %s still use it", ", ".join(busy))
+    elif others > 0:
+        log.info("leaving the embedded Redis running: %d other client(s) are connected", others)
     else:
         server.stop()
 

@@ -68,8 +68,7 @@ def live(tmp_path_factory):
     dash = None
     try:
         deadline = time.monotonic() + 120
-        # the run is recorded once its baseline has a result (a `status` polled before the run's own start would
-        # start the embedded Redis itself, and stop it again under the starting run)
+        # the run is recorded (its baseline has a result)
         while "c0001 [baseline]" not in (tmp / "run.log").read_text():
             assert run.poll() is None and time.monotonic() < deadline, (tmp / "run.log").read_text()
             time.sleep(0.5)
@@ -166,5 +165,7 @@ def test_the_server_binds_only_where_it_was_told(live):
         assert http_get(bare + "?token=wrong")[0] == 401
         code, body = http_get(other)
         assert code == 200 and "<section id=\"lineage\">" in body
+        stop(wide, signal.SIGTERM)
+        assert wide.returncode == 0, "SIGTERM stops it as Ctrl-C does, closing what it opened"
     finally:
         stop(wide)

@@ -264,3 +264,26 @@ def test_a_tcp_redis_off_loopback_needs_a_password(url, refused):
             check_exposure(url)
     else:
         check_exposure(url)
+
+
+def test_a_look_leaves_the_embedded_redis_to_a_process_still_using_it(tmp_path):
+    """`status` started the embedded server (no run was recorded yet) while a run was starting on it: the
+    look must not stop it under the run. The last one out stops it."""
+    from contextlib import ExitStack
+
+    from cluster.launch import open_run
+    from tests.farmkit import farm_config, make_repo
+
+    cfg = farm_config(make_repo(tmp_path / "target"))
+    with ExitStack() as look:
+        ctx = open_run(cfg, look)
+        server_dir = ctx.repo_path / ".git" / "autoresearch-farm" / "redis"
+        starting = connect(ctx.redis_url)  # the other process, not marked running yet
+        starting.ping()
+    try:
+        assert starting.ping(), "the look left it running"
+    finally:
+        starting.close()
+    with ExitStack() as last:
+        open_run(cfg, last)
+    assert not (server_dir / "redis.pid").exists(), "the last one out stopped it"
