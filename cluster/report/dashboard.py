@@ -3,9 +3,9 @@ from a cluster's head through `dashboard --snapshot`).
 
 It is read from the run's records only, as `status` and `results` read them: :func:`run_view` builds
 on :func:`cluster.report.status.status_dict` and :func:`cluster.report.results.finished`, so the
-dashboard can never tell a different story from the command line. Three views:
+dashboard can never tell a different story from the command line. Two views:
 
-- :func:`run_view`: the run (status, every finished experiment in order, the main line as a lineage,
+- :func:`run_view`: the run's and the workers' pages: the run (status, every finished experiment in order, the main line as a lineage,
   rates), the workers (what each runs, since when, its last results) and the queue;
 - :func:`candidate_view`: one candidate (its record, its diff against its base, every measurement with
   its loss curve and log tail, the judge's decisions from the run's event stream).

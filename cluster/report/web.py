@@ -45,15 +45,20 @@ def is_loopback(host: str) -> bool:
 
 
 class _Cached:
-    """One value per key, read again once it is `ttl` seconds old; a read that raises is kept as the error."""
+    """One value per key, read again once it is `ttl` seconds old, or LOAD_SHARE times as long as the
+    last read took (a long run's records take a while to read: the dashboard must not become the
+    store's heaviest client); a read that raises is kept as the error."""
+
+    LOAD_SHARE = 5
 
     def __init__(self, fn: Callable[..., dict[str, Any]], ttl: float) -> None:
-        self.fn, self.ttl, self.lock, self.kept = fn, ttl, threading.Lock(), {}
+        self.fn, self.ttl, self.lock, self.kept, self.took = fn, ttl, threading.Lock(), {}, 0.0
 
     def get(self, *key: str) -> dict[str, Any]:
         with self.lock:  # one read at a time: a slow source (a cluster's head) is asked once, not once per page
             at, value, error = self.kept.get(key, (0.0, None, None))
-            if time.monotonic() - at >= self.ttl:
+            if time.monotonic() - at >= max(self.ttl, self.LOAD_SHARE * self.took):
+                t0 = time.monotonic()
                 try:
                     value, error = self.fn(*key), None
                 except FarmError as e:
@@ -61,6 +66,7 @@ class _Cached:
                 except Exception as e:  # a store that went away, a head that timed out: shown, then retried
                     log.warning("dashboard read failed", exc_info=True)
                     value, error = None, FarmError(f"{type(e).__name__}: {e}")
+                self.took = time.monotonic() - t0
                 self.kept[key] = (time.monotonic(), value, error)
                 if len(self.kept) > 256:
                     self.kept = {key: self.kept[key]}

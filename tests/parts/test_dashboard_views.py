@@ -187,3 +187,20 @@ def test_on_a_clusters_head_the_dashboard_only_answers_snapshots(tmp_path, capsy
 
     assert head.main(["query", "--repo-id", "abc", "--tag", "t", "--home", str(tmp_path), "--", "dashboard"]) == 2
     assert "only answers --snapshot" in parse_payload(capsys.readouterr().out)["error"]
+
+
+def test_a_slow_read_is_repeated_less_often():
+    """Reading a long run's records takes a while: the dashboard waits LOAD_SHARE times that between reads."""
+    reads = []
+
+    def slow(*key: str) -> dict:
+        reads.append(time.monotonic())
+        time.sleep(0.2)
+        return {"n": len(reads)}
+
+    cached = web._Cached(slow, ttl=0.05)
+    assert cached.get()["n"] == 1
+    time.sleep(0.3)  # past the ttl, not past 5 x 0.2 s
+    assert cached.get()["n"] == 1
+    time.sleep(0.8)
+    assert cached.get()["n"] == 2
